@@ -1,0 +1,711 @@
+"""Non-autoregressive Transformer for translation: encoder, length predictor, and a decoder that predicts every
+target token in parallel.
+
+The decoder attends bidirectionally over the target positions; its input is `<mask>` embeddings (plus the tokens
+already decided, for iterative refinement) or, in `"copy"` mode, source embeddings copied onto the target
+positions. Training objectives live in `objectives.py`, decoding strategies in `decoding.py`.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_nat import NATConfig
+from .decoding import DECODING_STRATEGIES, DecodingState, best_candidates, finish_sequences, length_candidates
+from .objectives import OBJECTIVES
+
+# Decoding defaults; a model's `generation_config` (generation_config.json) and call-site kwargs override them.
+NAT_GENERATION_DEFAULTS = {"num_iterations": 10, "length_beam": 5, "decoding_strategy": "mask_predict"}
+# generate() arguments that callers such as Seq2SeqTrainer pass and that NAT decoding has no use for.
+IGNORED_GENERATE_KWARGS = ("labels", "synced_gpus", "decoder_input_ids", "decoder_attention_mask")
+
+
+@dataclass
+class NATModelOutput(ModelOutput):
+    """Output of [`NATModel`].
+
+    Args:
+        last_hidden_state: `[batch, target_len, d_model]` decoder output (`None` without decoder inputs).
+        length_logits: `[batch, num_length_classes]` scores of the length predictor.
+        encoder_last_hidden_state: `[batch, source_len, d_model]` encoder output.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    length_logits: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+
+
+@dataclass
+class NATSeq2SeqLMOutput(ModelOutput):
+    """Output of [`NATForConditionalGeneration`].
+
+    Args:
+        loss: `token_loss + config.length_loss_weight * length_loss` (with `labels`).
+        logits: `[batch, target_len, vocab]` decoder logits: those the objective trained on (with `labels`) or
+            those of the given `decoder_input_ids`.
+        length_logits: `[batch, num_length_classes]` scores of the length predictor.
+        token_loss: the objective's token loss (with `labels`).
+        length_loss: cross-entropy of the length predictor (with `labels`).
+        encoder_last_hidden_state: `[batch, source_len, d_model]` encoder output.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    length_logits: torch.FloatTensor | None = None
+    token_loss: torch.FloatTensor | None = None
+    length_loss: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+
+
+@dataclass
+class NATGenerateOutput(ModelOutput):
+    """Output of `generate(..., return_dict_in_generate=True)`.
+
+    Args:
+        sequences: `[batch, max_len + 1]` token ids, each closed by end-of-sentence and right-padded.
+        sequences_scores: `[batch]` mean token log-probability of each chosen hypothesis.
+        lengths: `[batch]` number of tokens before end-of-sentence.
+    """
+
+    sequences: torch.LongTensor | None = None
+    sequences_scores: torch.FloatTensor | None = None
+    lengths: torch.LongTensor | None = None
+
+
+@dataclass
+class NATEncoderContext:
+    """What the decoder needs from the encoder, computed once per batch and reused by every decoder pass."""
+
+    hidden_states: torch.Tensor  # [rows, source_len, d_model]
+    attention_mask: torch.Tensor  # [rows, source_len] bool
+    input_ids: torch.Tensor  # [rows, source_len], read by decoder_input_mode="copy"
+    cross_attention_mask: torch.Tensor | None  # key-padding mask in the attention implementation's format
+    cross_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, [rows, heads, src, head]
+
+    def repeat_rows(self, times: int) -> "NATEncoderContext":
+        """Repeat each row `times` times in place (row i -> rows i*times .. i*times+times-1)."""
+        def rep(tensor):
+            return None if tensor is None else tensor.repeat_interleave(times, dim=0)
+
+        key_values = None
+        if self.cross_key_values is not None:
+            key_values = [(rep(key), rep(value)) for key, value in self.cross_key_values]
+        return NATEncoderContext(
+            rep(self.hidden_states), rep(self.attention_mask), rep(self.input_ids), rep(self.cross_attention_mask),
+            key_values,
+        )
+
+
+def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
+    """`[num_positions, dim]` fixed position encodings, sines in the first half and cosines in the second (the
+    layout of Marian's), so that weights can be exchanged with Marian models."""
+    position = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    frequency = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float64) / dim)[None, :]
+    return torch.cat([torch.sin(position * frequency), torch.cos(position * frequency)], dim=-1).float()
+
+
+class NATPositionEmbedding(nn.Module):
+    """Learned or sinusoidal position embeddings; `forward(length)` returns `[length, dim]`."""
+
+    def __init__(self, num_positions: int, dim: int, sinusoidal: bool):
+        super().__init__()
+        self.sinusoidal = sinusoidal
+        if sinusoidal:
+            self.register_buffer("weight", sinusoidal_positions(num_positions, dim))
+        else:
+            self.weight = nn.Parameter(torch.empty(num_positions, dim))
+
+    def forward(self, length: int) -> torch.Tensor:
+        return self.weight[:length]
+
+
+class NATAttention(nn.Module):
+    """Multi-head attention without any causal mask, through the transformers attention interface (SDPA by
+    default). Cross-attention keys and values can be computed once and passed back in (`key_value`)."""
+
+    def __init__(self, config: NATConfig, num_heads: int):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.d_model // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        # With no padding the prepared mask is None and SDPA would fall back to this flag: NAT attention is never
+        # causal.
+        self.is_causal = False
+        self.q_proj = nn.Linear(config.d_model, config.d_model)
+        self.k_proj = nn.Linear(config.d_model, config.d_model)
+        self.v_proj = nn.Linear(config.d_model, config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+
+    def key_value(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[rows, len, d_model]` -> keys and values, each `[rows, heads, len, head_dim]`."""
+        shape = (*states.shape[:-1], -1, self.head_dim)
+        return self.k_proj(states).view(shape).transpose(1, 2), self.v_proj(states).view(shape).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        key_value_states: torch.Tensor | None = None,
+        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        rows, length, _ = hidden_states.shape
+        query = self.q_proj(hidden_states).view(rows, length, -1, self.head_dim).transpose(1, 2)
+        if key_value is None:
+            key_value = self.key_value(hidden_states if key_value_states is None else key_value_states)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, sdpa_attention_forward)
+        output, _ = attention(
+            self, query, *key_value, attention_mask,
+            dropout=self.dropout if self.training else 0.0, scaling=self.scaling,
+        )  # [rows, length, heads, head_dim]
+        return self.out_proj(output.reshape(rows, length, -1))
+
+
+class NATFeedForward(nn.Module):
+    def __init__(self, config: NATConfig, ffn_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, config.d_model)
+        self.activation = ACT2FN[config.activation_function]
+        self.activation_dropout = config.activation_dropout
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.activation(self.fc1(hidden_states))
+        hidden_states = F.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        return self.fc2(hidden_states)
+
+
+class NATResidualLayer(GradientCheckpointingLayer):
+    """Shared residual wiring: pre- or post-LayerNorm around each sub-layer, dropout on its output."""
+
+    def __init__(self, config: NATConfig):
+        super().__init__()
+        self.normalize_before = config.normalize_before
+        self.dropout = config.dropout
+
+    def residual(self, hidden_states: torch.Tensor, layer_norm: nn.LayerNorm, sublayer) -> torch.Tensor:
+        output = sublayer(layer_norm(hidden_states) if self.normalize_before else hidden_states)
+        hidden_states = hidden_states + F.dropout(output, p=self.dropout, training=self.training)
+        return hidden_states if self.normalize_before else layer_norm(hidden_states)
+
+
+class NATEncoderLayer(NATResidualLayer):
+    def __init__(self, config: NATConfig):
+        super().__init__(config)
+        self.self_attn = NATAttention(config, config.encoder_attention_heads)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.ffn = NATFeedForward(config, config.encoder_ffn_dim)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        hidden_states = self.residual(hidden_states, self.self_attn_layer_norm,
+                                      lambda h: self.self_attn(h, attention_mask))
+        return self.residual(hidden_states, self.final_layer_norm, self.ffn)
+
+
+class NATDecoderLayer(NATResidualLayer):
+    def __init__(self, config: NATConfig):
+        super().__init__(config)
+        self.self_attn = NATAttention(config, config.decoder_attention_heads)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.encoder_attn = NATAttention(config, config.decoder_attention_heads)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.ffn = NATFeedForward(config, config.decoder_ffn_dim)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        cross_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        hidden_states = self.residual(hidden_states, self.self_attn_layer_norm,
+                                      lambda h: self.self_attn(h, attention_mask))
+        hidden_states = self.residual(
+            hidden_states, self.encoder_attn_layer_norm,
+            lambda h: self.encoder_attn(h, encoder_attention_mask, encoder_hidden_states, cross_key_value),
+        )
+        return self.residual(hidden_states, self.final_layer_norm, self.ffn)
+
+
+class NATPreTrainedModel(PreTrainedModel):
+    config: NATConfig
+    config_class = NATConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _no_split_modules = ["NATEncoderLayer", "NATDecoderLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, NATPositionEmbedding):
+            if module.sinusoidal:
+                init.copy_(module.weight, sinusoidal_positions(*module.weight.shape))
+            else:
+                init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+
+class NATEncoder(nn.Module):
+    """Positions + `encoder_layers` bidirectional self-attention layers (+ a final LayerNorm when pre-norm)."""
+
+    def __init__(self, config: NATConfig):
+        super().__init__()
+        self.dropout = config.dropout
+        self.embed_positions = NATPositionEmbedding(
+            config.max_source_positions, config.d_model, config.position_embedding_type == "sinusoidal"
+        )
+        self.layers = nn.ModuleList(NATEncoderLayer(config) for _ in range(config.encoder_layers))
+        self.layer_norm = nn.LayerNorm(config.d_model) if config.normalize_before else None
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        hidden_states = inputs_embeds + self.embed_positions(inputs_embeds.shape[1])
+        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask)
+        return hidden_states if self.layer_norm is None else self.layer_norm(hidden_states)
+
+
+class NATDecoder(nn.Module):
+    """Positions + `decoder_layers` layers of bidirectional self-attention, cross-attention and feed-forward."""
+
+    def __init__(self, config: NATConfig):
+        super().__init__()
+        self.dropout = config.dropout
+        self.embed_positions = NATPositionEmbedding(
+            config.max_target_positions, config.d_model, config.position_embedding_type == "sinusoidal"
+        )
+        self.layers = nn.ModuleList(NATDecoderLayer(config) for _ in range(config.decoder_layers))
+        self.layer_norm = nn.LayerNorm(config.d_model) if config.normalize_before else None
+
+    def forward(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, context: NATEncoderContext
+    ) -> torch.Tensor:
+        hidden_states = inputs_embeds + self.embed_positions(inputs_embeds.shape[1])
+        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        for index, layer in enumerate(self.layers):
+            key_value = None if context.cross_key_values is None else context.cross_key_values[index]
+            hidden_states = layer(
+                hidden_states, attention_mask, context.hidden_states, context.cross_attention_mask, key_value
+            )
+        return hidden_states if self.layer_norm is None else self.layer_norm(hidden_states)
+
+
+class NATModel(NATPreTrainedModel):
+    """Embeddings, encoder, length predictor and decoder, without the output projection."""
+
+    def __init__(self, config: NATConfig):
+        super().__init__(config)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        # `shared` embeds target tokens, and source tokens too unless share_encoder_decoder_embeddings is False.
+        self.shared = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.source_embed_tokens = (
+            None if config.share_encoder_decoder_embeddings
+            else nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        )
+        self.encoder = NATEncoder(config)
+        self.decoder = NATDecoder(config)
+        self.length_predictor = nn.Linear(config.d_model, config.num_length_classes)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.shared = value
+
+    def get_encoder(self) -> NATEncoder:
+        return self.encoder
+
+    def key_padding_mask(self, padding_mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+        """`[rows, keys]` bool (True = attend) -> the mask format of the configured attention implementation,
+        broadcast over queries (`None` when nothing is masked)."""
+        dummy_queries = like.new_empty(padding_mask.shape[0], 1, 1)  # only its shape, dtype and device are read
+        return create_bidirectional_mask(config=self.config, inputs_embeds=dummy_queries, attention_mask=padding_mask)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`[batch, source_len]` ids and bool mask -> `[batch, source_len, d_model]` encoder states."""
+        embed = self.shared if self.source_embed_tokens is None else self.source_embed_tokens
+        inputs_embeds = embed(input_ids) * self.embed_scale
+        return self.encoder(inputs_embeds, self.key_padding_mask(attention_mask, inputs_embeds))
+
+    def predict_length(self, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Length logits `[batch, num_length_classes]` from the mean of the non-padding encoder states."""
+        mask = attention_mask[..., None].to(encoder_hidden_states.dtype)  # [batch, source_len, 1]
+        pooled = (encoder_hidden_states * mask).sum(1) / mask.sum(1)  # [batch, d_model]
+        return self.length_predictor(pooled)
+
+    def make_context(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        precompute_cross_attention: bool = False,
+    ) -> NATEncoderContext:
+        """Bundle the encoder output for the decoder; optionally compute every layer's cross-attention keys and
+        values now (done once per `generate` call, reused by all refinement passes)."""
+        key_values = None
+        if precompute_cross_attention:
+            key_values = [layer.encoder_attn.key_value(encoder_hidden_states) for layer in self.decoder.layers]
+        return NATEncoderContext(
+            hidden_states=encoder_hidden_states,
+            attention_mask=attention_mask,
+            input_ids=input_ids,
+            cross_attention_mask=self.key_padding_mask(attention_mask, encoder_hidden_states),
+            cross_key_values=key_values,
+        )
+
+    def decoder_self_attention_mask(self, target_mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+        """Decoder key-padding mask. Position 0 is always attendable so that an empty target (length 0) has no
+        all-masked attention row, which would give NaN."""
+        attend = target_mask.clone()
+        attend[:, 0] = True
+        return self.key_padding_mask(attend, like)
+
+    def decoder_inputs_embeds(
+        self, decoder_input_ids: torch.Tensor, target_mask: torch.Tensor, context: NATEncoderContext
+    ) -> torch.Tensor:
+        """Decoder input `[rows, target_len, d_model]`: embedded `decoder_input_ids` in `"mask"` mode; in `"copy"`
+        mode, source token embeddings copied uniformly onto the target positions (Gu et al., 2018), position j of
+        a target of length T taking source position round(j * (S - 1) / (T - 1))."""
+        if self.config.decoder_input_mode == "mask":
+            return self.shared(decoder_input_ids) * self.embed_scale
+        embed = self.shared if self.source_embed_tokens is None else self.source_embed_tokens
+        source_lengths = context.attention_mask.sum(-1, keepdim=True)  # [rows, 1]
+        target_lengths = target_mask.sum(-1, keepdim=True)  # [rows, 1]
+        positions = torch.arange(target_mask.shape[1], device=target_mask.device)[None, :]
+        step = (source_lengths - 1) / (target_lengths - 1).clamp(min=1)
+        index = (positions * step).round().long().clamp(max=source_lengths - 1)  # [rows, target_len]
+        copied_ids = context.input_ids.gather(1, index)
+        return embed(copied_ids) * self.embed_scale
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        target_mask: torch.Tensor,
+        context: NATEncoderContext,
+        self_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Decoder states `[rows, target_len, d_model]`; pass a prepared `self_attention_mask` to skip its
+        construction (generate prepares it once)."""
+        inputs_embeds = self.decoder_inputs_embeds(decoder_input_ids, target_mask, context)
+        if self_attention_mask is None:
+            self_attention_mask = self.decoder_self_attention_mask(target_mask, inputs_embeds)
+        return self.decoder(inputs_embeds, self_attention_mask, context)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> NATModelOutput:
+        attention_mask = attention_mask.bool() if attention_mask is not None else input_ids != self.config.pad_token_id
+        encoder_hidden_states = self.encode(input_ids, attention_mask)
+        decoder_hidden_states = None
+        if decoder_input_ids is not None:
+            context = self.make_context(input_ids, attention_mask, encoder_hidden_states)
+            target_mask = (decoder_attention_mask.bool() if decoder_attention_mask is not None
+                           else decoder_input_ids != self.config.pad_token_id)
+            decoder_hidden_states = self.decode(decoder_input_ids, target_mask, context)
+        return NATModelOutput(
+            last_hidden_state=decoder_hidden_states,
+            length_logits=self.predict_length(encoder_hidden_states, attention_mask),
+            encoder_last_hidden_state=encoder_hidden_states,
+        )
+
+
+class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
+    """NAT translation model: [`NATModel`] + output projection, a training `forward` (loss from `labels` through
+    the configured objective) and a parallel `generate` (Mask-Predict)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
+    # forward() returns a loss already averaged over its batch: Trainer must not rescale it.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: NATConfig):
+        super().__init__(config)
+        self.model = NATModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+        # A fresh GenerationConfig (not one derived from the model config) so that the NAT options survive
+        # save_pretrained / from_pretrained.
+        self.generation_config = GenerationConfig(
+            **NAT_GENERATION_DEFAULTS, pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id
+        )
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.shared
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.model.shared = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear):
+        self.lm_head = value
+
+    def get_encoder(self) -> NATEncoder:
+        return self.model.encoder
+
+    # ----------------------------------------------------------------------------------------------- checks
+    def _check_source(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate the source batch; return it trimmed to its longest row, with a bool mask."""
+        config = self.config
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"input_ids must be a 2-D integer tensor [batch, length], got {tuple(input_ids.shape)} "
+                             f"{input_ids.dtype}")
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
+        attention_mask = input_ids != config.pad_token_id if attention_mask is None else attention_mask.bool()
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids shape "
+                             f"{tuple(input_ids.shape)}")
+        lengths = attention_mask.sum(-1)
+        if (lengths == 0).any():
+            rows = (lengths == 0).nonzero().flatten().tolist()
+            raise ValueError(f"rows {rows} of the batch are all padding: each source needs at least its "
+                             "end-of-sentence token")
+        if (attention_mask[:, 1:] & ~attention_mask[:, :-1]).any():
+            raise ValueError("attention_mask must be right-padded (ones, then zeros); left padding is not supported")
+        out_of_vocab = attention_mask & ((input_ids < 0) | (input_ids >= config.vocab_size))
+        if out_of_vocab.any():
+            bad = input_ids[out_of_vocab].unique().tolist()[:10]
+            raise ValueError(f"input_ids holds ids outside the vocabulary [0, {config.vocab_size}): {bad}")
+        longest = int(lengths.max())
+        if longest > config.max_source_positions:
+            raise ValueError(
+                f"a source has {longest} tokens but the model accepts at most max_source_positions="
+                f"{config.max_source_positions}; tokenize with truncation=True (max_length="
+                f"{config.max_source_positions}) to truncate"
+            )
+        return input_ids[:, :longest], attention_mask[:, :longest]
+
+    def _prepare_targets(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`labels` (right-padded with pad or -100, optionally closed by end-of-sentence) -> target ids without
+        end-of-sentence, pad-filled, and their bool mask, trimmed to the longest target."""
+        config = self.config
+        if labels.dim() != 2:
+            raise ValueError(f"labels must be 2-D [batch, length], got shape {tuple(labels.shape)}")
+        target = labels.masked_fill(labels == -100, config.pad_token_id)
+        target = target.masked_fill(target == config.eos_token_id, config.pad_token_id)
+        target_mask = target != config.pad_token_id
+        if (target_mask[:, 1:] & ~target_mask[:, :-1]).any():
+            raise ValueError("labels must be right-padded, with end-of-sentence only at the end of each target")
+        out_of_vocab = target_mask & ((target < 0) | (target >= config.vocab_size))
+        if out_of_vocab.any():
+            raise ValueError(f"labels hold ids outside the vocabulary [0, {config.vocab_size}): "
+                             f"{target[out_of_vocab].unique().tolist()[:10]}")
+        longest = max(int(target_mask.sum(-1).max()), 1)
+        if longest > config.max_target_positions:
+            raise ValueError(f"a target has {longest} tokens but max_target_positions is "
+                             f"{config.max_target_positions}")
+        return target[:, :longest], target_mask[:, :longest]
+
+    def length_classes(self, target_lengths: torch.Tensor, source_lengths: torch.Tensor) -> torch.Tensor:
+        """Length-predictor class of each target length (clipped to the representable range)."""
+        if self.config.length_prediction_mode == "offset":
+            offset = self.config.max_length_offset
+            return (target_lengths - source_lengths + offset).clamp(0, 2 * offset)
+        return target_lengths.clamp(0, self.config.max_target_positions)
+
+    # ------------------------------------------------------------------------------------- forward passes
+    def decoder_logits(
+        self,
+        decoder_input_ids: torch.Tensor,
+        target_mask: torch.Tensor,
+        context: NATEncoderContext,
+        self_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One decoder pass: `[rows, target_len]` inputs -> `[rows, target_len, vocab]` logits."""
+        return self.lm_head(self.model.decode(decoder_input_ids, target_mask, context, self_attention_mask))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> NATSeq2SeqLMOutput:
+        """With `labels`: the training loss of `config.objective` plus the weighted length loss. With
+        `decoder_input_ids` (and no labels): the logits of one decoder pass over them. The source is
+        `input_ids` (right-padded) and its `attention_mask`; `labels` are target ids right-padded with pad or
+        -100, as a tokenizer's `text_target` gives them."""
+        input_ids, attention_mask = self._check_source(input_ids, attention_mask)
+        encoder_hidden_states = self.model.encode(input_ids, attention_mask)
+        length_logits = self.model.predict_length(encoder_hidden_states, attention_mask)
+        context = self.model.make_context(input_ids, attention_mask, encoder_hidden_states)
+        loss = token_loss = length_loss = logits = None
+        if labels is not None:
+            target, target_mask = self._prepare_targets(labels)
+            objective = OBJECTIVES[self.config.objective](self, target, target_mask, context)
+            length_target = self.length_classes(target_mask.sum(-1), attention_mask.sum(-1))
+            length_loss = F.cross_entropy(length_logits, length_target)
+            token_loss, logits = objective.loss, objective.logits
+            loss = token_loss + self.config.length_loss_weight * length_loss
+        elif decoder_input_ids is not None:
+            target_mask = (decoder_attention_mask.bool() if decoder_attention_mask is not None
+                           else decoder_input_ids != self.config.pad_token_id)
+            logits = self.decoder_logits(decoder_input_ids, target_mask, context)
+        return NATSeq2SeqLMOutput(
+            loss=loss, logits=logits, length_logits=length_logits, token_loss=token_loss, length_loss=length_loss,
+            encoder_last_hidden_state=encoder_hidden_states,
+        )
+
+    # ------------------------------------------------------------------------------------------ decoding
+    def refine(
+        self,
+        state: DecodingState,
+        remask: torch.Tensor,
+        self_attention_mask: torch.Tensor | None,
+        context: NATEncoderContext,
+    ) -> DecodingState:
+        """One refinement step: replace the tokens at `remask` (`[rows, target_len]` bool) by `<mask>`, run the
+        decoder once, and take its most probable token (special tokens excluded) and log-probability at those
+        positions; the other positions keep their tokens and scores."""
+        config = self.config
+        decoder_input_ids = state.tokens.masked_fill(remask, config.mask_token_id)
+        logits = self.decoder_logits(decoder_input_ids, state.valid, context, self_attention_mask)
+        log_probs = logits.float().log_softmax(-1)  # [rows, target_len, vocab]
+        special = [i for i in (config.pad_token_id, config.eos_token_id, config.mask_token_id,
+                               config.blank_token_id, config.bos_token_id) if i is not None]
+        log_probs[..., special] = float("-inf")
+        scores, tokens = log_probs.max(-1)  # [rows, target_len]
+        return DecodingState(
+            tokens=torch.where(remask, tokens, state.tokens),
+            scores=torch.where(remask, scores, state.scores),
+            lengths=state.lengths,
+            step=state.step + 1,
+        )
+
+    def prepare_decoder_mask(
+        self, lengths: torch.Tensor, target_len: int, context: NATEncoderContext
+    ) -> torch.Tensor | None:
+        """The decoder self-attention mask for hypotheses of the given lengths, built once per `generate`."""
+        target_mask = torch.arange(target_len, device=lengths.device)[None, :] < lengths[:, None]
+        return self.model.decoder_self_attention_mask(target_mask, context.hidden_states)
+
+    def _generation_options(self, generation_config: GenerationConfig | None, kwargs: dict) -> dict:
+        """Resolve decoding options (call-site kwargs > generation config > defaults) and reject what NAT
+        decoding cannot honour."""
+        generation_config = copy.deepcopy(generation_config if generation_config is not None
+                                          else self.generation_config)
+        options = {name: kwargs.pop(name, getattr(generation_config, name, default))
+                   for name, default in NAT_GENERATION_DEFAULTS.items()}
+        do_sample = kwargs.pop("do_sample", generation_config.do_sample)
+        num_beams = kwargs.pop("num_beams", generation_config.num_beams)
+        if do_sample:
+            raise ValueError("do_sample=True is an autoregressive option: NAT decoding is deterministic "
+                             "(use num_iterations and length_beam)")
+        if num_beams is not None and num_beams > 1:
+            raise ValueError(f"num_beams={num_beams} is beam search, an autoregressive option: NAT decoding "
+                             "searches over lengths instead (use length_beam)")
+        for name in ("num_iterations", "length_beam"):
+            value = options[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if options["length_beam"] > self.config.num_length_classes:
+            raise ValueError(f"length_beam={options['length_beam']} exceeds the number of length classes "
+                             f"({self.config.num_length_classes})")
+        if options["decoding_strategy"] not in DECODING_STRATEGIES:
+            raise ValueError(f"decoding_strategy must be one of {sorted(DECODING_STRATEGIES)}, "
+                             f"got {options['decoding_strategy']!r}")
+        if options["num_iterations"] > 1 and self.config.decoder_input_mode != "mask":
+            raise ValueError("num_iterations > 1 needs decoder_input_mode='mask': a 'copy' decoder cannot "
+                             "condition on its own previous output")
+        max_length = self.config.max_target_positions
+        max_new_tokens = kwargs.pop("max_new_tokens", generation_config.max_new_tokens)
+        call_max_length = kwargs.pop("max_length", None)  # the config's max_length (default 20) is an AR default
+        for name, value in (("max_new_tokens", max_new_tokens), ("max_length", call_max_length)):
+            if value is not None:
+                if value < 1:
+                    raise ValueError(f"{name} must be >= 1, got {value}")
+                max_length = min(max_length, value - 1)  # the returned sequence ends with end-of-sentence
+        options["max_length"] = max(max_length, 1)
+        options["return_dict_in_generate"] = kwargs.pop(
+            "return_dict_in_generate", generation_config.return_dict_in_generate
+        )
+        for name in IGNORED_GENERATE_KWARGS:
+            kwargs.pop(name, None)
+        if kwargs:
+            raise ValueError(
+                f"generate() got options that NAT decoding does not support: {sorted(kwargs)}. Autoregressive "
+                "options (sampling, beam search, repetition penalties, ...) do not apply; NAT decoding takes "
+                f"{sorted(NAT_GENERATION_DEFAULTS)}, max_new_tokens and return_dict_in_generate."
+            )
+        return options
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.LongTensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.LongTensor | NATGenerateOutput:
+        """Translate a batch in parallel with Mask-Predict.
+
+        Predicts the length distribution, keeps the `length_beam` most probable lengths, decodes every candidate
+        with `num_iterations` refinement passes, and returns the candidate with the best mean log-probability.
+        The encoder runs once per batch; the candidates share its output and precomputed cross-attention keys.
+
+        Args:
+            inputs / input_ids: `[batch, source_len]` right-padded source ids.
+            attention_mask: `[batch, source_len]`, 1 on real tokens (derived from padding if omitted).
+            generation_config: overrides `self.generation_config`.
+            kwargs: `num_iterations`, `length_beam`, `decoding_strategy`, `max_new_tokens` / `max_length` (cap on
+                the returned sequence, end-of-sentence included), `return_dict_in_generate`.
+
+        Returns:
+            `[batch, longest + 1]` LongTensor: tokens, end-of-sentence, then padding (a `NATGenerateOutput` with
+            `return_dict_in_generate=True`). A source with no token besides end-of-sentence gives an empty
+            translation.
+        """
+        if inputs is not None and input_ids is not None:
+            raise ValueError("pass the source as `inputs` or as `input_ids`, not both")
+        options = self._generation_options(generation_config, kwargs)
+        input_ids, attention_mask = self._check_source(inputs if inputs is not None else input_ids, attention_mask)
+        config = self.config
+        length_beam = options["length_beam"]
+
+        encoder_hidden_states = self.model.encode(input_ids, attention_mask)
+        length_logits = self.model.predict_length(encoder_hidden_states, attention_mask)
+        empty_source = (attention_mask & (input_ids != config.eos_token_id)).sum(-1) == 0  # [batch]
+        lengths = length_candidates(
+            length_logits, attention_mask.sum(-1), empty_source, config, length_beam, options["max_length"]
+        )  # [batch, length_beam]
+        context = self.model.make_context(
+            input_ids, attention_mask, encoder_hidden_states, precompute_cross_attention=True
+        ).repeat_rows(length_beam)
+        strategy = DECODING_STRATEGIES[options["decoding_strategy"]]
+        state = strategy(self, context, lengths.flatten(), options["num_iterations"])
+        tokens, best_lengths, scores = best_candidates(state, length_beam)
+        sequences = finish_sequences(tokens, best_lengths, config.eos_token_id, config.pad_token_id)
+        if options["return_dict_in_generate"]:
+            return NATGenerateOutput(sequences=sequences, sequences_scores=scores, lengths=best_lengths)
+        return sequences
+
+
+__all__ = ["NATForConditionalGeneration", "NATModel", "NATPreTrainedModel"]

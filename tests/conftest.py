@@ -1,0 +1,48 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from nat_hf import NATConfig, NATForConditionalGeneration  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("NAT_TEST_THREADS", "2")))
+
+TINY = dict(
+    vocab_size=40,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    max_source_positions=24,
+    max_target_positions=24,
+    max_length_offset=6,
+    dropout=0.0,
+)
+
+
+@pytest.fixture
+def tiny_config() -> NATConfig:
+    return NATConfig(**TINY)
+
+
+@pytest.fixture
+def tiny_model(tiny_config) -> NATForConditionalGeneration:
+    torch.manual_seed(0)
+    return NATForConditionalGeneration(tiny_config).eval()
+
+
+@pytest.fixture
+def source_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three right-padded sources of different lengths, each closed by end-of-sentence (1)."""
+    input_ids = torch.tensor([
+        [5, 6, 7, 8, 9, 10, 1],
+        [11, 12, 13, 1, 0, 0, 0],
+        [14, 15, 16, 17, 1, 0, 0],
+    ])
+    return input_ids, (input_ids != 0).long()

@@ -586,12 +586,13 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         positions; the other positions keep their tokens and scores."""
         config = self.config
         decoder_input_ids = state.tokens.masked_fill(remask, config.mask_token_id)
-        logits = self.decoder_logits(decoder_input_ids, state.valid, context, self_attention_mask)
-        log_probs = logits.float().log_softmax(-1)  # [rows, target_len, vocab]
+        logits = self.decoder_logits(decoder_input_ids, state.valid, context, self_attention_mask).float()
+        log_normalizer = logits.logsumexp(-1)  # [rows, target_len]; no log_softmax copy of the vocab-wide logits
         special = [i for i in (config.pad_token_id, config.eos_token_id, config.mask_token_id,
                                config.blank_token_id, config.bos_token_id) if i is not None]
-        log_probs[..., special] = float("-inf")
-        scores, tokens = log_probs.max(-1)  # [rows, target_len]
+        logits[..., special] = float("-inf")
+        best_logits, tokens = logits.max(-1)  # [rows, target_len]
+        scores = best_logits - log_normalizer  # log-probability of the chosen token under the full distribution
         return DecodingState(
             tokens=torch.where(remask, tokens, state.tokens),
             scores=torch.where(remask, scores, state.scores),

@@ -5,9 +5,13 @@ and marks them for remote code so that `save_pretrained` writes `auto_map` and t
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_nat import NATConfig
+from .data import DataCollatorForNAT
 from .modeling_nat import NATForConditionalGeneration, NATGenerateOutput, NATModel, NATSeq2SeqLMOutput
+from .pipeline_nat import TASK as PIPELINE_TASK
+from .pipeline_nat import NATTranslationPipeline
 
 AutoConfig.register(NATConfig.model_type, NATConfig, exist_ok=True)
 AutoModel.register(NATConfig, NATModel, exist_ok=True)
@@ -15,9 +19,13 @@ AutoModelForSeq2SeqLM.register(NATConfig, NATForConditionalGeneration, exist_ok=
 NATConfig.register_for_auto_class()
 NATModel.register_for_auto_class("AutoModel")
 NATForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=NATTranslationPipeline,
+                                    pt_model=AutoModelForSeq2SeqLM, type="text")
 
 __version__ = "0.1.0"
 __all__ = [
+    "DataCollatorForNAT",
+    "NATTranslationPipeline",
     "NATConfig",
     "NATForConditionalGeneration",
     "NATGenerateOutput",

@@ -25,6 +25,17 @@ class DataError(ValueError):
     """Missing, misaligned or empty training data."""
 
 
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a text file (one sentence each), without the final newline; `DataError` if missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing data file {path}")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def read_parallel_text(data_dir: str | Path, split: str, source_lang: str, target_lang: str) -> dict[str, list[str]]:
     """Read `{split}.{source_lang}` and `{split}.{target_lang}`; raise `DataError` on a missing file, different
     line counts or an empty line (which would silently teach the model to produce nothing)."""
@@ -32,11 +43,7 @@ def read_parallel_text(data_dir: str | Path, split: str, source_lang: str, targe
     sides = {}
     for column, lang in ((SOURCE, source_lang), (TARGET, target_lang)):
         path = data_dir / f"{split}.{lang}"
-        if not path.is_file():
-            raise DataError(f"missing data file {path}")
-        lines = path.read_text(encoding="utf-8").split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()  # the final newline
+        lines = read_lines(path)
         empty = [number for number, line in enumerate(lines, start=1) if not line.strip()]
         if empty:
             raise DataError(f"{path} has {len(empty)} empty line(s), first at line {empty[0]}")

@@ -8,7 +8,9 @@ positions. Training objectives live in `objectives.py`, decoding strategies in `
 
 import copy
 import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,12 @@ from .objectives import OBJECTIVES
 
 # Decoding defaults; a model's `generation_config` (generation_config.json) and call-site kwargs override them.
 NAT_GENERATION_DEFAULTS = {"num_iterations": 10, "length_beam": 5, "decoding_strategy": "mask_predict"}
+# The translation pipeline saved beside every model, so `pipeline(model=..., trust_remote_code=True)` finds it.
+PIPELINE_FILE = Path(__file__).with_name("pipeline_nat.py")
+CUSTOM_PIPELINES = {
+    "nat-translation": {"impl": "pipeline_nat.NATTranslationPipeline", "pt": ["AutoModelForSeq2SeqLM"], "tf": [],
+                        "type": "text"},
+}
 # generate() arguments that callers such as Seq2SeqTrainer pass and that NAT decoding has no use for.
 IGNORED_GENERATE_KWARGS = ("labels", "synced_gpus", "decoder_input_ids", "decoder_attention_mask")
 
@@ -448,6 +456,15 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         self.generation_config = GenerationConfig(
             **NAT_GENERATION_DEFAULTS, pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id
         )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the translation pipeline's code and its `custom_pipelines`
+        entry in config.json."""
+        if PIPELINE_FILE.is_file():
+            self.config.custom_pipelines = CUSTOM_PIPELINES
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if PIPELINE_FILE.is_file():
+            shutil.copy(PIPELINE_FILE, Path(save_directory) / PIPELINE_FILE.name)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.shared

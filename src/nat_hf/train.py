@@ -34,6 +34,7 @@ import yaml
 
 from .configuration_nat import NATConfig
 from .data import DataCollatorForNAT, DataError, load_split, token_budget_batches, tokenize_split
+from .inference import translate_texts
 from .modeling_nat import NATForConditionalGeneration
 from .tokenization import config_kwargs_from_tokenizer, train_tokenizer
 
@@ -266,21 +267,6 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------------------- evaluation
-def sorted_generate(model, tokenizer, sources: list[str], batch_size: int, **generate_kwargs) -> list[str]:
-    """Translate `sources` in batches of similar length (less padding); return translations in input order."""
-    order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
-    translations = [""] * len(sources)
-    device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True,
-                          truncation=True, max_length=model.config.max_source_positions).to(device)
-        output = model.generate(**batch, **generate_kwargs)
-        for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
-            translations[index] = text
-    return translations
-
-
 @torch.no_grad()
 def validation_loss(model, dataset, collator, batches: list[list[int]], seed: int) -> float:
     """Token-weighted mean loss over the validation batches, with CMLM masks drawn from a fixed seed (so values
@@ -303,7 +289,7 @@ def validation_loss(model, dataset, collator, batches: list[list[int]], seed: in
 def decode_and_score(model, tokenizer, sources, references, batch_size: int, metric, **generate_kwargs) -> dict:
     model.eval()
     start = time.perf_counter()
-    hypotheses = sorted_generate(model, tokenizer, sources, batch_size, **generate_kwargs)
+    hypotheses = translate_texts(model, tokenizer, sources, batch_size, truncation=True, **generate_kwargs)
     scores = metric.compute(predictions=hypotheses, references=references)
     model.train()
     return {"bleu": scores["bleu"], "chrf": scores["chrf"], "signature": scores["signature"],

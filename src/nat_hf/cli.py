@@ -1,0 +1,107 @@
+"""The `nat-hf` command: `train`, `translate`, `evaluate`. Heavy imports happen inside each command so that
+`nat-hf --help` stays fast."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_decoding_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-iterations", type=int, help="Mask-Predict passes (default: the model's)")
+    parser.add_argument("--length-beam", type=int, help="length candidates per sentence (default: the model's)")
+    parser.add_argument("--max-new-tokens", type=int, help="cap on the output length, end-of-sentence included")
+    parser.add_argument("--batch-size", type=int, default=50, help="sentences per generate call")
+    parser.add_argument("--truncation", action="store_true", help="cut over-long sources instead of failing")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+
+
+def decoding_kwargs(args: argparse.Namespace) -> dict:
+    names = ("num_iterations", "length_beam", "max_new_tokens")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def load(args: argparse.Namespace):
+    import torch
+
+    from .inference import load_translator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_translator(args.model, device=args.device)
+
+
+def command_translate(args: argparse.Namespace) -> None:
+    from .inference import translate_texts
+
+    sources = args.text or [line.rstrip("\n") for line in sys.stdin]
+    model, tokenizer = load(args)
+    for translation in translate_texts(model, tokenizer, sources, args.batch_size, args.truncation,
+                                       **decoding_kwargs(args)):
+        print(translation)
+
+
+def command_evaluate(args: argparse.Namespace) -> None:
+    import time
+
+    from .data import read_lines
+    from .inference import translate_texts
+    from .metrics import load_sacrebleu
+
+    sources, references = read_lines(args.source), read_lines(args.reference)
+    if len(sources) != len(references):
+        raise SystemExit(f"error: {args.source} has {len(sources)} lines but {args.reference} has {len(references)}")
+    model, tokenizer = load(args)
+    start = time.perf_counter()
+    hypotheses = translate_texts(model, tokenizer, sources, args.batch_size, args.truncation, **decoding_kwargs(args))
+    seconds = time.perf_counter() - start
+    scores = load_sacrebleu().compute(predictions=hypotheses, references=references)
+    if args.output:
+        Path(args.output).write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
+    config = model.generation_config
+    print(json.dumps({
+        "model": str(args.model), "source": str(args.source), "sentences": len(sources),
+        "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2), "signature": scores["signature"],
+        "num_iterations": args.num_iterations or config.num_iterations,
+        "length_beam": args.length_beam or config.length_beam, "decode_seconds": round(seconds, 2),
+    }, indent=1))
+
+
+def command_train(args: argparse.Namespace) -> None:
+    from .train import main as train_main
+
+    train_main([args.config, *args.overrides] + (["--resume"] if args.resume else []))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="nat-hf", description="Non-autoregressive translation models for 🤗 "
+                                     "transformers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a NAT model from a YAML config (Accelerate)")
+    train.add_argument("config")
+    train.add_argument("overrides", nargs="*", help="section.key=value")
+    train.add_argument("--resume", action="store_true")
+    train.set_defaults(run=command_train)
+
+    translate = commands.add_parser("translate", help="translate text arguments or stdin lines")
+    translate.add_argument("model", help="a saved model directory or a Hub repo id")
+    translate.add_argument("text", nargs="*", help="sentences (default: read stdin, one per line)")
+    add_decoding_options(translate)
+    translate.set_defaults(run=command_translate)
+
+    evaluate = commands.add_parser("evaluate", help="sacreBLEU/chrF of a model on a source/reference file pair")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--source", required=True, type=Path)
+    evaluate.add_argument("--reference", required=True, type=Path)
+    evaluate.add_argument("--output", type=Path, help="write the translations here")
+    add_decoding_options(evaluate)
+    evaluate.set_defaults(run=command_evaluate)
+
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Load a saved NAT model (directory or Hub repo id) and translate lists of sentences in length-sorted batches."""
+
+from pathlib import Path
+
+import torch
+
+
+def load_translator(name_or_path: str | Path, device: str = "cpu"):
+    """The model (through `AutoModelForSeq2SeqLM`, remote code allowed) and its tokenizer, ready to translate."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, trust_remote_code=True).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(name_or_path)
+
+
+@torch.no_grad()
+def translate_texts(model, tokenizer, sources: list[str], batch_size: int = 50, truncation: bool = False,
+                    **generate_kwargs) -> list[str]:
+    """Translate `sources` in batches of similar length (less padding); translations come back in input order.
+
+    `truncation=False` makes a source longer than `max_source_positions` an error rather than cutting it."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
+    translations = [""] * len(sources)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        limit = {"truncation": True, "max_length": model.config.max_source_positions} if truncation else {}
+        batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True, **limit).to(device)
+        output = model.generate(**batch, **generate_kwargs)
+        for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
+            translations[index] = text
+    return translations

@@ -46,3 +46,20 @@ def source_batch() -> tuple[torch.Tensor, torch.Tensor]:
         [14, 15, 16, 17, 1, 0, 0],
     ])
     return input_ids, (input_ids != 0).long()
+
+
+def write_toy_corpus(directory, sizes=(("train", 400), ("val", 40), ("test", 40))):
+    """The demo's toy task (English number words -> sorted German words) in the Multi30k file layout."""
+    from nat_hf.demo import make_sentences
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for seed, (split, count) in enumerate(sizes):
+        pairs = make_sentences(count, seed=seed)
+        (directory / f"{split}.en").write_text("\n".join(source for source, _ in pairs) + "\n")
+        (directory / f"{split}.de").write_text("\n".join(target for _, target in pairs) + "\n")
+    return directory
+
+
+@pytest.fixture
+def toy_corpus(tmp_path):
+    return write_toy_corpus(tmp_path / "corpus")

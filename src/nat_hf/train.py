@@ -274,7 +274,7 @@ def validation_loss(model, dataset, collator, batches: list[list[int]], seed: in
     model.eval()
     device = next(model.parameters()).device
     total, weight = 0.0, 0
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():
         torch.manual_seed(seed)
         for indices in batches:
             batch = {key: value.to(device) for key, value in collator([dataset[i] for i in indices]).items()}
@@ -368,8 +368,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         raise ConfigError(f"{output_dir} already holds a run; pass --resume to continue it or choose another "
                           "run.output_dir")
 
+    # Without cpu=True, accelerate ignores torchrun's WORLD_SIZE on a machine with no accelerator and every
+    # process trains alone; with it, the processes form a gloo group (DistributedType.MULTI_CPU).
     accelerator = Accelerator(mixed_precision=config.optim.mixed_precision, log_with="tensorboard",
-                              project_dir=str(output_dir))
+                              project_dir=str(output_dir), cpu=not torch.cuda.is_available())
     set_seed(config.optim.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -469,8 +471,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     progress = tqdm(total=config.optim.max_steps, initial=state["step"], disable=not accelerator.is_main_process,
                     desc="training", dynamic_ncols=True)
     if state["step"] == 0 and accelerator.is_main_process:
+        initial_loss = validation_loss(unwrapped, valid_set, collator, valid_batches, config.optim.seed)
         log_line(log_path, {"event": "start", "parameters": unwrapped.num_parameters(), "world_size": world,
-                            "train_pairs": len(train_set), "valid_pairs": len(valid_set)})
+                            "train_pairs": len(train_set), "valid_pairs": len(valid_set),
+                            "valid_loss": initial_loss})
     model.train()
     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
     done = state["step"] >= config.optim.max_steps

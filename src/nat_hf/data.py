@@ -96,6 +96,9 @@ def load_split(
         return datasets.Dataset.from_dict(columns)
     if dataset_name is None:
         raise DataError("give a data directory (data.data_dir or $NAT_HF_DATA_DIR) or a Hub dataset id")
+    available = datasets.get_dataset_split_names(dataset_name)
+    if split not in available:
+        raise DataError(f"{dataset_name} has no split {split!r} (it has {available})")
     hub = datasets.load_dataset(dataset_name, split=split)
     return datasets.Dataset.from_dict(_pairs_from_records(hub, source_lang, target_lang, f"{dataset_name}:{split}"))
 

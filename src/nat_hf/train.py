@@ -336,7 +336,7 @@ def build_model(config: TrainConfig, tokenizer) -> NATForConditionalGeneration:
 
 def log_line(path: Path, record: dict) -> None:
     with path.open("a", encoding="utf-8") as file:
-        file.write(json.dumps(record) + "\n")
+        file.write(json.dumps({**record, "time": round(time.time(), 1)}) + "\n")
 
 
 def train(config: TrainConfig, resume: bool = False) -> dict:

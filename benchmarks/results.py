@@ -1,0 +1,170 @@
+"""Keep `benchmarks/RESULTS.md` generated, never hand-edited.
+
+    python benchmarks/results.py record RUN_DIR --name NAME --command "THE EXACT COMMAND" [--commit SHA]
+    python benchmarks/results.py render
+
+`record` turns a finished training run (its `log.jsonl`, `results.json`, `train_config.yaml`) into
+`benchmarks/records/NAME.json` (with the command, commit, date and machine) plus a learning-curve plot
+`benchmarks/records/NAME.png`; `render` rebuilds RESULTS.md from every record.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+import yaml
+
+HERE = Path(__file__).resolve().parent
+RECORDS = HERE / "records"
+RESULTS_MD = HERE / "RESULTS.md"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def git_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=HERE).stdout.strip()
+
+
+def curve(log: list[dict]) -> list[dict]:
+    """One row per evaluation: the mean training loss since the previous one, validation loss and BLEU."""
+    rows, window = [], []
+    for record in log:
+        if record["event"] == "train":
+            window.append(record["loss"])
+        elif record["event"] == "eval":
+            rows.append({"step": record["step"], "train_minutes": round(record["train_seconds"] / 60, 1),
+                         "train_loss": round(sum(window) / len(window), 3) if window else None,
+                         "valid_loss": round(record["valid_loss"], 3), "valid_bleu": round(record["valid_bleu"], 2)})
+            window = []
+    return rows
+
+
+def plot_curve(rows: list[dict], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in rows]
+    figure, loss_axis = plt.subplots(figsize=(7, 4))
+    loss_axis.plot(steps, [row["train_loss"] for row in rows], label="train loss")
+    loss_axis.plot(steps, [row["valid_loss"] for row in rows], label="valid loss")
+    loss_axis.set_xlabel("optimizer step")
+    loss_axis.set_ylabel("loss")
+    bleu_axis = loss_axis.twinx()
+    bleu_axis.plot(steps, [row["valid_bleu"] for row in rows], color="tab:green", label="valid BLEU")
+    bleu_axis.set_ylabel("validation BLEU (periodic decoding)")
+    figure.legend(loc="upper center", ncol=3)
+    loss_axis.set_title(title, fontsize=9, pad=24)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def record(run_dir: Path, name: str, command: str, commit: str | None) -> Path:
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    results = json.loads((run_dir / "results.json").read_text())
+    config = yaml.safe_load((run_dir / "train_config.yaml").read_text())
+    started = (run_dir / "train_config.yaml").stat().st_mtime
+    finished = (run_dir / "results.json").stat().st_mtime
+    rows = curve(log)
+    entry = {
+        "name": name,
+        "kind": "training",
+        "command": command,
+        "commit": commit or git_commit(),
+        "date": datetime.datetime.fromtimestamp(finished, datetime.UTC).strftime("%Y-%m-%d"),
+        "machine": {**machine(), "torch_threads": config["run"]["threads"]},
+        "wall_minutes": round((finished - started) / 60, 1),
+        "config": config,
+        "results": results,
+        "curve": rows,
+    }
+    RECORDS.mkdir(exist_ok=True)
+    path = RECORDS / f"{name}.json"
+    path.write_text(json.dumps(entry, indent=1) + "\n")
+    plot_curve(rows, f"{name} ({entry['commit']})", RECORDS / f"{name}.png")
+    return path
+
+
+def render_training(entry: dict) -> list[str]:
+    results, config, machine_info = entry["results"], entry["config"], entry["machine"]
+    model = config["model"]
+    lines = [
+        f"### {entry['name']}",
+        "",
+        f"- command: `{entry['command']}`",
+        f"- commit `{entry['commit']}`, finished {entry['date']}, on {machine_info['cpu']} "
+        f"({machine_info['logical_cpus']} logical CPUs, torch {machine_info['torch']}, "
+        f"{machine_info['torch_threads']} threads)",
+        f"- model: {model['objective']}, d_model {model['d_model']}, {model['encoder_layers']}+"
+        f"{model['decoder_layers']} layers, {model['attention_heads']} heads, FFN {model['ffn_dim']}, dropout "
+        f"{model['dropout']}; data `{config['data'].get('data_dir') or config['data']['dataset_name']}` "
+        f"({config['data']['source_lang']}->{config['data']['target_lang']})",
+        f"- budget: {results['steps']} steps ({results['epochs']} full epochs), "
+        f"{results['train_seconds'] / 60:.1f} min of training, {entry['wall_minutes']} min wall time in all "
+        "(evaluations, vocabulary and final decoding included)",
+        f"- best checkpoint: step {results['best_step']} (periodic validation BLEU "
+        f"{results['best_valid_bleu']:.2f} with {config['eval']['num_iterations']} iterations, length beam "
+        f"{config['eval']['length_beam']}, first {config['eval']['max_sentences']} sentences)",
+        "",
+        f"| split | sacreBLEU | chrF | decoding ({results['num_iterations']} iterations, length beam "
+        f"{results['length_beam']}) |",
+        "| --- | --- | --- | --- |",
+    ]
+    splits = [key.removesuffix("_bleu") for key in results if key.endswith("_bleu") and key != "best_valid_bleu"]
+    for split in splits:
+        lines.append(f"| {split} | {results[split + '_bleu']:.2f} | {results[split + '_chrf']:.2f} | "
+                     f"{results[split + '_decode_seconds']} s |")
+    lines += ["", f"sacreBLEU signature: `{results.get('sacrebleu_signature')}`", "",
+              f"![learning curve](records/{entry['name']}.png)", "",
+              "| step | train minutes | train loss | valid loss | valid BLEU (periodic) |",
+              "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['step']} | {r['train_minutes']} | {r['train_loss']} | {r['valid_loss']} | {r['valid_bleu']} |"
+              for r in entry["curve"]]
+    return lines + [""]
+
+
+def render() -> None:
+    entries = [json.loads(path.read_text()) for path in sorted(RECORDS.glob("*.json"))]
+    lines = ["# Results", "",
+             "Generated by `python benchmarks/results.py render` from `benchmarks/records/*.json`; do not edit by "
+             "hand. Each record names the exact command, commit, date and machine that produced it.", "",
+             "## Training runs", ""]
+    for entry in entries:
+        if entry["kind"] == "training":
+            lines += render_training(entry)
+    RESULTS_MD.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    record_parser = commands.add_parser("record")
+    record_parser.add_argument("run_dir", type=Path)
+    record_parser.add_argument("--name", required=True)
+    record_parser.add_argument("--command", dest="run_command", required=True)
+    record_parser.add_argument("--commit")
+    commands.add_parser("render")
+    args = parser.parse_args()
+    if args.command == "record":
+        print(record(args.run_dir, args.name, args.run_command, args.commit))
+    render()
+
+
+if __name__ == "__main__":
+    main()

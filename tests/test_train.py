@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -191,3 +192,22 @@ def test_train_command_line_reports_config_errors(tmp_path):
     assert result.returncode == 2
     assert "unknown key(s) ['nonsense']" in result.stderr
     assert yaml.safe_load(TINY_CONFIG.read_text())["optim"]["max_steps"] == 20
+
+
+def test_checkpoint_averaging(tmp_path, toy_corpus):
+    from safetensors.torch import load_file
+
+    from nat_hf.train import average_checkpoints
+
+    output_dir = tmp_path / "avg"
+    summary = train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, "optim.max_steps=30",
+                                                            "eval.average_last=2")))
+    snapshots = sorted((output_dir / "snapshots").glob("*.safetensors"))
+    assert [path.name for path in snapshots] == ["step-00000020.safetensors", "step-00000030.safetensors"]
+    assert summary["averaged_steps"] == [20, 30] and "averaged_val_bleu" in summary
+    first, second = (load_file(path) for path in snapshots)
+    averaged = AutoModelForSeq2SeqLM.from_pretrained(output_dir / "averaged").state_dict()
+    for name, tensor in average_checkpoints(snapshots).items():
+        assert torch.allclose(tensor, (first[name] + second[name]) / 2, atol=1e-6)
+        assert torch.allclose(averaged[name], tensor)
+    assert averaged["lm_head.weight"].data_ptr() == averaged["model.shared.weight"].data_ptr()

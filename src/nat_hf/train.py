@@ -113,6 +113,7 @@ class EvalArgs:
     final_num_iterations: int = 10  # decoding of the final evaluation (whole validation set and test splits),
     final_length_beam: int = 5  # also saved as the best model's generation defaults
     batch_size: int = 50  # sentences per generate call
+    average_last: int = 0  # if >= 2: also average the weights of the last N evaluated checkpoints into averaged/
 
 
 @dataclass
@@ -196,6 +197,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.eval.length_beam >= 1, "eval.length_beam must be >= 1"),
         (config.eval.final_num_iterations >= 1, "eval.final_num_iterations must be >= 1"),
         (config.eval.final_length_beam >= 1, "eval.final_length_beam must be >= 1"),
+        (config.eval.average_last >= 0, "eval.average_last must be >= 0"),
         (config.data.tokenizer_algorithm in ("unigram", "bpe"), "data.tokenizer_algorithm must be unigram or bpe"),
     ]
     for ok, message in checks:
@@ -255,6 +257,24 @@ def last_checkpoint(output_dir: Path) -> Path | None:
         if (candidate / "trainer_state.json").is_file():
             return candidate
     return None
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the weights in several `safetensors` snapshots (Vaswani et al., 2017, average the
+    last checkpoints; a known BLEU gain for NAT models)."""
+    from safetensors.torch import load_file
+
+    total = None
+    for path in paths:
+        weights = load_file(path)
+        if total is None:
+            total = {name: tensor.double() for name, tensor in weights.items()}
+        elif weights.keys() != total.keys():
+            raise ValueError(f"{path} holds different tensors from {paths[0]}")
+        else:
+            for name, tensor in weights.items():
+                total[name] += tensor.double()
+    return {name: (tensor / len(paths)).float() for name, tensor in total.items()}
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -445,6 +465,18 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         shutil.copy(config_path, staging / "train_config.yaml")
         replace_directory(staging, output_dir / "best")
 
+    def save_snapshot() -> None:
+        """Weights only, for averaging; the last `average_last` are kept."""
+        from safetensors.torch import save_model
+
+        snapshots = output_dir / "snapshots"
+        snapshots.mkdir(exist_ok=True)
+        staging = snapshots / "staging.safetensors"
+        save_model(unwrapped, str(staging))
+        staging.rename(snapshots / f"step-{state['step']:08d}.safetensors")
+        for old in sorted(snapshots.glob("step-*.safetensors"))[: -config.eval.average_last]:
+            old.unlink()
+
     def evaluate_now() -> dict:
         record = {"step": state["step"], "epoch": state["epoch"], "train_seconds": round(state["train_seconds"], 1)}
         if accelerator.is_main_process:
@@ -458,6 +490,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 state["best_bleu"], state["best_step"] = scores["bleu"], state["step"]
                 save_best()
             record["best_bleu"] = state["best_bleu"]
+            if config.eval.average_last >= 2:
+                save_snapshot()
             log_line(log_path, {"event": "eval", **record})
             accelerator.log({k: v for k, v in record.items() if k.startswith("valid")}, step=state["step"])
             tqdm.write(f"step {state['step']}: valid loss {record['valid_loss']:.3f}, BLEU {scores['bleu']:.2f}, "
@@ -532,19 +566,37 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
 
     summary = {"steps": state["step"], "epochs": state["epoch"], "train_seconds": round(state["train_seconds"], 1),
                "best_valid_bleu": state["best_bleu"], "best_step": state["best_step"]}
-    if accelerator.is_main_process:
-        # The best checkpoint, on the whole validation set and every test split, with the final decoding settings.
-        best = NATForConditionalGeneration.from_pretrained(output_dir / "best").to(accelerator.device)
+    final_models = {"": output_dir / "best"}
+    snapshots = sorted((output_dir / "snapshots").glob("step-*.safetensors"))
+    if accelerator.is_main_process and config.eval.average_last >= 2 and len(snapshots) >= 2:
+        averaged = average_checkpoints(snapshots)
+        missing, unexpected = unwrapped.load_state_dict(averaged, strict=False)
+        tied = {name for pair in (unwrapped._tied_weights_keys or {}).items() for name in pair}
+        if unexpected or set(missing) - tied:  # a snapshot stores one name of each tied (shared) tensor
+            raise RuntimeError(f"averaging: missing {missing}, unexpected {unexpected}")
+        staging = output_dir / "averaged.staging"
+        unwrapped.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        replace_directory(staging, output_dir / "averaged")
+        final_models["averaged_"] = output_dir / "averaged"
+        summary["averaged_steps"] = [int(path.stem.split("-")[1]) for path in snapshots]
+    for prefix, model_dir in final_models.items():
+        if not accelerator.is_main_process:
+            break
+        # The best (and averaged) model on the whole validation set and every test split, final decoding settings.
+        final_model = NATForConditionalGeneration.from_pretrained(model_dir).to(accelerator.device)
         for split in [config.data.valid_split, *config.data.test_splits]:
             pairs = splits.get(split) or load_split(split, config.data.source_lang, config.data.target_lang,
                                                     config.data.data_dir, config.data.dataset_name)
-            scores = decode_and_score(best, tokenizer, pairs["source"], pairs["target"], config.eval.batch_size,
-                                      metric, num_iterations=config.eval.final_num_iterations,
+            scores = decode_and_score(final_model, tokenizer, pairs["source"], pairs["target"],
+                                      config.eval.batch_size, metric, num_iterations=config.eval.final_num_iterations,
                                       length_beam=config.eval.final_length_beam)
-            summary[f"{split}_bleu"], summary[f"{split}_chrf"] = scores["bleu"], scores["chrf"]
-            summary[f"{split}_decode_seconds"] = round(scores["decode_seconds"], 1)
+            summary[f"{prefix}{split}_bleu"], summary[f"{prefix}{split}_chrf"] = scores["bleu"], scores["chrf"]
+            summary[f"{prefix}{split}_decode_seconds"] = round(scores["decode_seconds"], 1)
             summary["sacrebleu_signature"] = scores["signature"]
-            (output_dir / f"{split}.hyp.{config.data.target_lang}").write_text("\n".join(scores["hypotheses"]) + "\n")
+            hypotheses_path = output_dir / f"{prefix}{split}.hyp.{config.data.target_lang}"
+            hypotheses_path.write_text("\n".join(scores["hypotheses"]) + "\n")
+    if accelerator.is_main_process:
         summary.update(num_iterations=config.eval.final_num_iterations, length_beam=config.eval.final_length_beam,
                        world_size=world)
         (output_dir / "results.json").write_text(json.dumps(summary, indent=1))

@@ -71,7 +71,8 @@ def command_evaluate(args: argparse.Namespace) -> None:
 def command_train(args: argparse.Namespace) -> None:
     from .train import main as train_main
 
-    train_main([args.config, *args.overrides] + (["--resume"] if args.resume else []))
+    extra = (["--resume"] if args.resume else []) + (["--init-from-ar", args.init_from_ar] if args.init_from_ar else [])
+    train_main([args.config, *args.overrides, *extra])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("config")
     train.add_argument("overrides", nargs="*", help="section.key=value")
     train.add_argument("--resume", action="store_true")
+    train.add_argument("--init-from-ar", metavar="DIR", help="start from the matching weights of an AR model "
+                       "(a Marian/BART-style checkpoint; its tokenizer is used)")
     train.set_defaults(run=command_train)
 
     translate = commands.add_parser("translate", help="translate text arguments or stdin lines")

@@ -51,6 +51,7 @@ class ModelArgs:
     """Architecture and objective (see `NATConfig` for each field), or a saved NAT model to start from."""
 
     init_from: str | None = None  # a saved NAT model directory to continue from (its architecture is kept)
+    init_from_ar: str | None = None  # an AR encoder-decoder (dir or repo id) whose matching weights start the NAT
     d_model: int = 512
     encoder_layers: int = 6
     decoder_layers: int = 6
@@ -322,8 +323,9 @@ def prepare_tokenizer(config: TrainConfig, output_dir: Path, accelerator):
 
     if config.data.tokenizer is not None:
         return AutoTokenizer.from_pretrained(config.data.tokenizer)
-    if config.model.init_from is not None:
-        return AutoTokenizer.from_pretrained(config.model.init_from)
+    for model_dir in (config.model.init_from, config.model.init_from_ar):
+        if model_dir is not None:
+            return AutoTokenizer.from_pretrained(model_dir)
     tokenizer_dir = output_dir / "tokenizer"
     if accelerator.is_main_process and not (tokenizer_dir / "tokenizer.json").is_file():
         data_dir = Path(config.data.data_dir)
@@ -339,11 +341,19 @@ def prepare_tokenizer(config: TrainConfig, output_dir: Path, accelerator):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def build_model(config: TrainConfig, tokenizer) -> NATForConditionalGeneration:
+def build_model(config: TrainConfig, tokenizer) -> tuple[NATForConditionalGeneration, dict | None]:
+    """The model to train, and the report of its initialisation from an AR model (if asked for)."""
+    if config.model.init_from is not None and config.model.init_from_ar is not None:
+        raise ConfigError("model.init_from and model.init_from_ar exclude each other")
+    report = None
     if config.model.init_from is not None:
         model = NATForConditionalGeneration.from_pretrained(config.model.init_from)
     else:
         model = NATForConditionalGeneration(nat_config(config.model, tokenizer))
+        if config.model.init_from_ar is not None:
+            from .ar_init import init_from_ar
+
+            report = init_from_ar(model, config.model.init_from_ar)
     expected = config_kwargs_from_tokenizer(tokenizer)
     mismatched = {key: (getattr(model.config, key), value) for key, value in expected.items()
                   if getattr(model.config, key) != value}
@@ -351,7 +361,7 @@ def build_model(config: TrainConfig, tokenizer) -> NATForConditionalGeneration:
         raise ConfigError(f"the model config does not match the tokenizer (config, tokenizer): {mismatched}")
     model.generation_config.num_iterations = config.eval.final_num_iterations
     model.generation_config.length_beam = config.eval.final_length_beam
-    return model
+    return model, report
 
 
 def log_line(path: Path, record: dict) -> None:
@@ -404,7 +414,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         splits[name] = load_split(name, config.data.source_lang, config.data.target_lang,
                                   config.data.data_dir, config.data.dataset_name)
     tokenizer = prepare_tokenizer(config, output_dir, accelerator)
-    model = build_model(config, tokenizer)
+    model, init_report = build_model(config, tokenizer)
+    if init_report is not None and accelerator.is_main_process and not resume:
+        (output_dir / "init_from_ar.json").write_text(json.dumps(init_report.to_dict(), indent=1))
+        accelerator.print(init_report.summary())
     train_set = tokenize_split(splits[config.data.train_split], tokenizer, output_dir / "cache")
     valid_set = tokenize_split(splits[config.data.valid_split], tokenizer, output_dir / "cache")
     limits = (model.config.max_source_positions, model.config.max_target_positions + 1)
@@ -610,9 +623,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("config", help="YAML file with model/data/optim/eval/run sections")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.learning_rate=5e-4")
     parser.add_argument("--resume", action="store_true", help="continue the run in run.output_dir")
+    parser.add_argument("--init-from-ar", metavar="DIR", help="start from the matching weights of an AR model")
     args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"model.init_from_ar={args.init_from_ar}"] if args.init_from_ar else [])
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, overrides)
         return train(config, resume=args.resume)
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

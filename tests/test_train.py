@@ -211,3 +211,26 @@ def test_checkpoint_averaging(tmp_path, toy_corpus):
         assert torch.allclose(tensor, (first[name] + second[name]) / 2, atol=1e-6)
         assert torch.allclose(averaged[name], tensor)
     assert averaged["lm_head.weight"].data_ptr() == averaged["model.shared.weight"].data_ptr()
+
+
+def test_training_can_start_from_an_ar_model(tmp_path, toy_corpus):
+    from transformers import MarianConfig, MarianMTModel
+
+    from nat_hf.tokenization import train_tokenizer
+
+    tokenizer = train_tokenizer(files=[toy_corpus / "train.en", toy_corpus / "train.de"], vocab_size=120,
+                                algorithm="bpe")
+    marian = MarianMTModel(MarianConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                        decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0,
+                                        eos_token_id=1, decoder_start_token_id=0))
+    ar_dir = tmp_path / "ar"
+    marian.save_pretrained(ar_dir)
+    tokenizer.save_pretrained(ar_dir)
+    output_dir = tmp_path / "from_ar"
+    summary = train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, "optim.max_steps=2",
+                                                            "eval.eval_every=2", f"model.init_from_ar={ar_dir}")))
+    assert summary["steps"] == 2
+    report = json.loads((output_dir / "init_from_ar.json").read_text())
+    assert "model.encoder.layers.0.self_attn.q_proj.weight" in report["copied"]
+    assert report["newly_initialised"] == ["model.length_predictor.weight", "model.length_predictor.bias"]

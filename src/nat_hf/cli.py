@@ -1,4 +1,4 @@
-"""The `nat-hf` command: `train`, `translate`, `evaluate`. Heavy imports happen inside each command so that
+"""The `nat-hf` command: `train`, `translate`, `evaluate`, `distill`. Heavy imports happen inside each command so that
 `nat-hf --help` stays fast."""
 
 import argparse
@@ -102,6 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     add_decoding_options(evaluate)
     evaluate.set_defaults(run=command_evaluate)
 
+    # distill has its own parser (nat_hf.distill); listed here for --help
+    commands.add_parser("distill", help="sequence-level distillation with an AR teacher (see nat-hf distill -h)")
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["distill"]:
+        from .distill import main as distill_main
+
+        distill_main(argv[1:])
+        return
     args = parser.parse_args(argv)
     args.run(args)
 

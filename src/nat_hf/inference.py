@@ -21,13 +21,18 @@ def translate_texts(model, tokenizer, sources: list[str], batch_size: int = 50, 
     `truncation=False` makes a source longer than `max_source_positions` an error rather than cutting it."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    config = model.config  # NAT models name the limit max_source_positions, Marian/BART max_position_embeddings
+    max_length = getattr(config, "max_source_positions", None) or getattr(config, "max_position_embeddings", None)
     order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
     translations = [""] * len(sources)
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        limit = {"truncation": True, "max_length": model.config.max_source_positions} if truncation else {}
+        limit = {"truncation": True, "max_length": max_length} if truncation and max_length else {}
         batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True, **limit).to(device)
+        if max_length and batch["input_ids"].shape[1] > max_length:
+            raise ValueError(f"a source has {batch['input_ids'].shape[1]} tokens but the model accepts at most "
+                             f"{max_length}; pass truncation=True to cut it")
         output = model.generate(**batch, **generate_kwargs)
         for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
             translations[index] = text

@@ -101,9 +101,20 @@ def record(run_dir: Path, name: str, command: str, commit: str | None) -> Path:
     return path
 
 
+def describe_decoding(options: dict) -> str:
+    if "num_beams" in options:
+        return "greedy" if options["num_beams"] == 1 else f"beam {options['num_beams']}"
+    return f"{options['num_iterations']} iterations, length beam {options['length_beam']}"
+
+
 def render_training(entry: dict) -> list[str]:
     results, config, machine_info = entry["results"], entry["config"], entry["machine"]
     model = config["model"]
+    family = model.get("family", "nat")
+    evaluation = config["eval"]
+    kind = model["objective"] if family == "nat" else "AR (Marian architecture)"
+    periodic = ({"num_beams": evaluation.get("num_beams", 1)} if family == "ar" else
+                {"num_iterations": evaluation["num_iterations"], "length_beam": evaluation["length_beam"]})
     lines = [
         f"### {entry['name']}",
         "",
@@ -111,7 +122,7 @@ def render_training(entry: dict) -> list[str]:
         f"- commit `{entry['commit']}`, finished {entry['date']}, on {machine_info['cpu']} "
         f"({machine_info['logical_cpus']} logical CPUs, torch {machine_info['torch']}, "
         f"{machine_info['torch_threads']} threads)",
-        f"- model: {model['objective']}, d_model {model['d_model']}, {model['encoder_layers']}+"
+        f"- model: {kind}, d_model {model['d_model']}, {model['encoder_layers']}+"
         f"{model['decoder_layers']} layers, {model['attention_heads']} heads, FFN {model['ffn_dim']}, dropout "
         f"{model['dropout']}; data `{config['data'].get('data_dir') or config['data']['dataset_name']}` "
         f"({config['data']['source_lang']}->{config['data']['target_lang']})",
@@ -119,11 +130,11 @@ def render_training(entry: dict) -> list[str]:
         f"{results['train_seconds'] / 60:.1f} min of training, {entry['wall_minutes']} min wall time in all "
         "(evaluations, vocabulary and final decoding included)",
         f"- best checkpoint: step {results['best_step']} (periodic validation BLEU "
-        f"{results['best_valid_bleu']:.2f} with {config['eval']['num_iterations']} iterations, length beam "
-        f"{config['eval']['length_beam']}, first {config['eval']['max_sentences']} sentences)",
+        f"{results['best_valid_bleu']:.2f} with {describe_decoding(periodic)}, first "
+        f"{evaluation['max_sentences'] or 'all'} sentences)",
         "",
-        f"| split | sacreBLEU | chrF | decoding ({results['num_iterations']} iterations, length beam "
-        f"{results['length_beam']}) |",
+        f"| split | sacreBLEU | chrF | decoding time ({describe_decoding(results)}, "
+        f"batch {evaluation['batch_size']}) |",
         "| --- | --- | --- | --- |",
     ]
     splits = [key.removesuffix("_bleu") for key in results if key.endswith("_bleu") and key != "best_valid_bleu"]

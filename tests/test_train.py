@@ -234,3 +234,17 @@ def test_training_can_start_from_an_ar_model(tmp_path, toy_corpus):
     report = json.loads((output_dir / "init_from_ar.json").read_text())
     assert "model.encoder.layers.0.self_attn.q_proj.weight" in report["copied"]
     assert report["newly_initialised"] == ["model.length_predictor.weight", "model.length_predictor.bias"]
+
+
+def test_the_same_script_trains_an_ar_baseline(tmp_path, toy_corpus):
+    output_dir = tmp_path / "ar"
+    summary = train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, "model.family=ar",
+                                                            "eval.final_num_beams=2")))
+    log = read_log(output_dir)
+    start = next(record for record in log if record["event"] == "start")
+    last_eval = [record for record in log if record["event"] == "eval"][-1]
+    assert last_eval["valid_loss"] < start["valid_loss"]
+    assert summary["family"] == "ar" and summary["num_beams"] == 2 and "val_bleu" in summary
+    model = AutoModelForSeq2SeqLM.from_pretrained(output_dir / "best")
+    assert type(model).__name__ == "MarianMTModel"
+    assert model.config.d_model == 32 and model.generation_config.num_beams == 2

@@ -136,5 +136,5 @@ def test_cli_translate_and_evaluate(tmp_path, saved_toy_model, capsys):
     main(["evaluate", str(directory), "--source", str(corpus / "val.en"), "--reference", str(corpus / "val.de"),
           "--output", str(tmp_path / "hyp.de"), "--length-beam", "2"])
     report = json.loads(capsys.readouterr().out)
-    assert report["sentences"] == 40 and report["length_beam"] == 2 and 0 <= report["bleu"] <= 100
+    assert report["sentences"] == 40 and report["decoding"]["length_beam"] == 2 and 0 <= report["bleu"] <= 100
     assert (tmp_path / "hyp.de").read_text().count("\n") == 40

@@ -8,8 +8,9 @@ from pathlib import Path
 
 
 def add_decoding_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-iterations", type=int, help="Mask-Predict passes (default: the model's)")
-    parser.add_argument("--length-beam", type=int, help="length candidates per sentence (default: the model's)")
+    parser.add_argument("--num-iterations", type=int, help="Mask-Predict passes (NAT; default: the model's)")
+    parser.add_argument("--length-beam", type=int, help="length candidates per sentence (NAT; default: the model's)")
+    parser.add_argument("--num-beams", type=int, help="beam size, for autoregressive models (e.g. a teacher)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on the output length, end-of-sentence included")
     parser.add_argument("--batch-size", type=int, default=50, help="sentences per generate call")
     parser.add_argument("--truncation", action="store_true", help="cut over-long sources instead of failing")
@@ -18,7 +19,7 @@ def add_decoding_options(parser: argparse.ArgumentParser) -> None:
 
 
 def decoding_kwargs(args: argparse.Namespace) -> dict:
-    names = ("num_iterations", "length_beam", "max_new_tokens")
+    names = ("num_iterations", "length_beam", "num_beams", "max_new_tokens")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -45,6 +46,8 @@ def command_translate(args: argparse.Namespace) -> None:
 def command_evaluate(args: argparse.Namespace) -> None:
     import time
 
+    import torch
+
     from .data import read_lines
     from .inference import translate_texts
     from .metrics import load_sacrebleu
@@ -59,12 +62,14 @@ def command_evaluate(args: argparse.Namespace) -> None:
     scores = load_sacrebleu().compute(predictions=hypotheses, references=references)
     if args.output:
         Path(args.output).write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
-    config = model.generation_config
+    decoding = {name: getattr(model.generation_config, name, None)
+                for name in ("num_iterations", "length_beam", "num_beams", "max_new_tokens")}
+    decoding.update(decoding_kwargs(args))
     print(json.dumps({
-        "model": str(args.model), "source": str(args.source), "sentences": len(sources),
-        "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2), "signature": scores["signature"],
-        "num_iterations": args.num_iterations or config.num_iterations,
-        "length_beam": args.length_beam or config.length_beam, "decode_seconds": round(seconds, 2),
+        "model": str(args.model), "model_class": type(model).__name__, "source": str(args.source),
+        "sentences": len(sources), "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2),
+        "signature": scores["signature"], "decoding": {k: v for k, v in decoding.items() if v is not None},
+        "batch_size": args.batch_size, "threads": torch.get_num_threads(), "decode_seconds": round(seconds, 2),
     }, indent=1))
 
 

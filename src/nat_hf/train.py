@@ -46,10 +46,18 @@ class ConfigError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------------ config
+MODEL_FAMILIES = ("nat", "ar")
+
+
 @dataclass
 class ModelArgs:
-    """Architecture and objective (see `NATConfig` for each field), or a saved NAT model to start from."""
+    """Architecture and objective (see `NATConfig` for each field), or a saved NAT model to start from.
 
+    `family: ar` trains an autoregressive baseline of the same shape instead (a transformers `MarianMTModel`,
+    post-norm, sinusoidal positions, shared and tied embeddings) through the same data path; the NAT-only
+    fields are then unused."""
+
+    family: str = "nat"
     init_from: str | None = None  # a saved NAT model directory to continue from (its architecture is kept)
     init_from_ar: str | None = None  # an AR encoder-decoder (dir or repo id) whose matching weights start the NAT
     d_model: int = 512
@@ -78,6 +86,7 @@ class DataArgs:
     """Where the parallel data comes from and how it is tokenised and batched."""
 
     data_dir: str | None = None  # `{split}.{lang}` text files or `{split}.jsonl`; default: $NAT_HF_DATA_DIR
+    eval_data_dir: str | None = None  # where the validation and test splits are, if not in data_dir
     dataset_name: str | None = "bentrevett/multi30k"  # Hub dataset, used when no data directory is given
     source_lang: str = "en"
     target_lang: str = "de"
@@ -115,6 +124,8 @@ class EvalArgs:
     final_length_beam: int = 5  # also saved as the best model's generation defaults
     batch_size: int = 50  # sentences per generate call
     average_last: int = 0  # if >= 2: also average the weights of the last N evaluated checkpoints into averaged/
+    num_beams: int = 1  # family ar: beam size of the periodic validation decoding
+    final_num_beams: int = 4  # family ar: beam size of the final evaluation (also saved as generation default)
 
 
 @dataclass
@@ -199,6 +210,8 @@ def validate_config(config: TrainConfig) -> None:
         (config.eval.final_num_iterations >= 1, "eval.final_num_iterations must be >= 1"),
         (config.eval.final_length_beam >= 1, "eval.final_length_beam must be >= 1"),
         (config.eval.average_last >= 0, "eval.average_last must be >= 0"),
+        (config.model.family in MODEL_FAMILIES, f"model.family must be one of {MODEL_FAMILIES}"),
+        (config.model.family == "nat" or config.model.init_from_ar is None, "model.init_from_ar needs family nat"),
         (config.data.tokenizer_algorithm in ("unigram", "bpe"), "data.tokenizer_algorithm must be unigram or bpe"),
     ]
     for ok, message in checks:
@@ -211,14 +224,57 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = yaml.safe_load(os.path.expandvars(path.read_text())) or {}  # ${NAT_HF_DATA_DIR} and friends
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or key.count(".") != 1:
             raise ConfigError(f"override {override!r} must look like section.key=value")
         section, name = key.split(".")
-        values.setdefault(section, {})[name] = yaml.safe_load(raw)
+        values.setdefault(section, {})[name] = yaml.safe_load(os.path.expandvars(raw))
     return build_config(values)
+
+
+def ar_config(args: ModelArgs, tokenizer):
+    """A Marian-architecture AR model config of the same shape as the NAT one."""
+    from transformers import MarianConfig
+
+    return MarianConfig(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=tokenizer.eos_token_id,
+        d_model=args.d_model, encoder_layers=args.encoder_layers, decoder_layers=args.decoder_layers,
+        encoder_attention_heads=args.attention_heads, decoder_attention_heads=args.attention_heads,
+        encoder_ffn_dim=args.ffn_dim, decoder_ffn_dim=args.ffn_dim, dropout=args.dropout,
+        attention_dropout=args.attention_dropout, activation_dropout=args.activation_dropout,
+        activation_function=args.activation_function, scale_embedding=True,
+        max_position_embeddings=max(args.max_source_positions, args.max_target_positions + 1),
+        share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
+    )
+
+
+def training_loss(model, batch: dict, family: str, label_smoothing: float) -> torch.Tensor:
+    """The batch-averaged training loss: the NAT model's own (objective + length), or for an AR model the
+    label-smoothed cross-entropy of teacher forcing over the non-padding target tokens."""
+    if family == "nat":
+        return model(**batch).loss
+    from transformers.models.marian.modeling_marian import shift_tokens_right
+
+    config = model.config
+    labels = batch["labels"].masked_fill(batch["labels"] == config.pad_token_id, -100)
+    decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=decoder_input_ids).logits
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                             label_smoothing=label_smoothing)
+
+
+def decoding_options(config: TrainConfig, final: bool) -> dict:
+    """`generate` arguments of the periodic (`final=False`) or final evaluation, by model family."""
+    if config.model.family == "ar":
+        return {"num_beams": config.eval.final_num_beams if final else config.eval.num_beams,
+                "max_new_tokens": config.model.max_target_positions + 1}
+    if final:
+        return {"num_iterations": config.eval.final_num_iterations, "length_beam": config.eval.final_length_beam}
+    return {"num_iterations": config.eval.num_iterations, "length_beam": config.eval.length_beam}
 
 
 def nat_config(args: ModelArgs, tokenizer) -> NATConfig:
@@ -289,7 +345,8 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 # -------------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def validation_loss(model, dataset, collator, batches: list[list[int]], seed: int) -> float:
+def validation_loss(model, dataset, collator, batches: list[list[int]], seed: int, family: str = "nat",
+                    label_smoothing: float = 0.0) -> float:
     """Token-weighted mean loss over the validation batches, with CMLM masks drawn from a fixed seed (so values
     are comparable across evaluations) without touching the training RNG."""
     model.eval()
@@ -301,7 +358,7 @@ def validation_loss(model, dataset, collator, batches: list[list[int]], seed: in
             batch = {key: value.to(device) for key, value in collator([dataset[i] for i in indices]).items()}
             labels = batch["labels"]
             tokens = int(((labels != model.config.pad_token_id) & (labels != model.config.eos_token_id)).sum())
-            total += model(**batch).loss.item() * tokens
+            total += training_loss(model, batch, family, label_smoothing).item() * tokens
             weight += tokens
     model.train()
     return total / max(weight, 1)
@@ -341,13 +398,17 @@ def prepare_tokenizer(config: TrainConfig, output_dir: Path, accelerator):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def build_model(config: TrainConfig, tokenizer) -> tuple[NATForConditionalGeneration, dict | None]:
+def build_model(config: TrainConfig, tokenizer):
     """The model to train, and the report of its initialisation from an AR model (if asked for)."""
+    from transformers import AutoModelForSeq2SeqLM, MarianMTModel
+
     if config.model.init_from is not None and config.model.init_from_ar is not None:
         raise ConfigError("model.init_from and model.init_from_ar exclude each other")
     report = None
     if config.model.init_from is not None:
-        model = NATForConditionalGeneration.from_pretrained(config.model.init_from)
+        model = AutoModelForSeq2SeqLM.from_pretrained(config.model.init_from)
+    elif config.model.family == "ar":
+        model = MarianMTModel(ar_config(config.model, tokenizer))
     else:
         model = NATForConditionalGeneration(nat_config(config.model, tokenizer))
         if config.model.init_from_ar is not None:
@@ -355,12 +416,14 @@ def build_model(config: TrainConfig, tokenizer) -> tuple[NATForConditionalGenera
 
             report = init_from_ar(model, config.model.init_from_ar)
     expected = config_kwargs_from_tokenizer(tokenizer)
-    mismatched = {key: (getattr(model.config, key), value) for key, value in expected.items()
-                  if getattr(model.config, key) != value}
+    if config.model.family == "ar":
+        expected = {key: expected[key] for key in ("vocab_size", "pad_token_id", "eos_token_id")}
+    mismatched = {key: (getattr(model.config, key, None), value) for key, value in expected.items()
+                  if getattr(model.config, key, None) != value}
     if mismatched:
         raise ConfigError(f"the model config does not match the tokenizer (config, tokenizer): {mismatched}")
-    model.generation_config.num_iterations = config.eval.final_num_iterations
-    model.generation_config.length_beam = config.eval.final_length_beam
+    for name, value in decoding_options(config, final=True).items():
+        setattr(model.generation_config, name, value)  # the saved model decodes like its final evaluation
     return model, report
 
 
@@ -374,7 +437,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
-    from transformers import get_scheduler
+    from transformers import AutoModelForSeq2SeqLM, get_scheduler
 
     from .metrics import load_sacrebleu
 
@@ -409,10 +472,14 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     accelerator.wait_for_everyone()
 
     # -- data
-    splits = {}
-    for name in (config.data.train_split, config.data.valid_split):
-        splits[name] = load_split(name, config.data.source_lang, config.data.target_lang,
-                                  config.data.data_dir, config.data.dataset_name)
+    eval_data_dir = config.data.eval_data_dir or config.data.data_dir
+
+    def split_data(name: str, directory):
+        return load_split(name, config.data.source_lang, config.data.target_lang, directory,
+                          config.data.dataset_name)
+
+    splits = {config.data.train_split: split_data(config.data.train_split, config.data.data_dir),
+              config.data.valid_split: split_data(config.data.valid_split, eval_data_dir)}
     tokenizer = prepare_tokenizer(config, output_dir, accelerator)
     model, init_report = build_model(config, tokenizer)
     if init_report is not None and accelerator.is_main_process and not resume:
@@ -420,7 +487,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         accelerator.print(init_report.summary())
     train_set = tokenize_split(splits[config.data.train_split], tokenizer, output_dir / "cache")
     valid_set = tokenize_split(splits[config.data.valid_split], tokenizer, output_dir / "cache")
-    limits = (model.config.max_source_positions, model.config.max_target_positions + 1)
+    if config.model.family == "ar":  # labels keep </s>; the decoder also reads the start token
+        limits = (model.config.max_position_embeddings, model.config.max_position_embeddings - 1)
+    else:
+        limits = (model.config.max_source_positions, model.config.max_target_positions + 1)
     for name, dataset in (("train", train_set), ("valid", valid_set)):
         too_long = sum(len(source) > limits[0] or len(target) > limits[1]
                        for source, target in zip(dataset["input_ids"], dataset["labels"], strict=True))
@@ -493,10 +563,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     def evaluate_now() -> dict:
         record = {"step": state["step"], "epoch": state["epoch"], "train_seconds": round(state["train_seconds"], 1)}
         if accelerator.is_main_process:
-            record["valid_loss"] = validation_loss(unwrapped, valid_set, collator, valid_batches, config.optim.seed)
+            record["valid_loss"] = validation_loss(unwrapped, valid_set, collator, valid_batches, config.optim.seed,
+                                                   config.model.family, config.model.label_smoothing)
             scores = decode_and_score(unwrapped, tokenizer, valid_sources, valid_references, config.eval.batch_size,
-                                      metric, num_iterations=config.eval.num_iterations,
-                                      length_beam=config.eval.length_beam)
+                                      metric, **decoding_options(config, final=False))
             record.update(valid_bleu=scores["bleu"], valid_chrf=scores["chrf"],
                           decode_seconds=round(scores["decode_seconds"], 1))
             if scores["bleu"] > state["best_bleu"]:
@@ -518,7 +588,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     progress = tqdm(total=config.optim.max_steps, initial=state["step"], disable=not accelerator.is_main_process,
                     desc="training", dynamic_ncols=True)
     if state["step"] == 0 and accelerator.is_main_process:
-        initial_loss = validation_loss(unwrapped, valid_set, collator, valid_batches, config.optim.seed)
+        initial_loss = validation_loss(unwrapped, valid_set, collator, valid_batches, config.optim.seed,
+                                       config.model.family, config.model.label_smoothing)
         log_line(log_path, {"event": "start", "parameters": unwrapped.num_parameters(), "world_size": world,
                             "train_pairs": len(train_set), "valid_pairs": len(valid_set),
                             "valid_loss": initial_loss})
@@ -539,7 +610,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 window_tokens += batch["input_ids"].numel() + batch["labels"].numel()  # padded tokens processed
                 last_micro_batch = micro == len(group) - 1  # gradients are synchronised across processes only here
                 with contextlib.nullcontext() if last_micro_batch else accelerator.no_sync(model):
-                    loss = model(**batch).loss
+                    loss = training_loss(model, batch, config.model.family, config.model.label_smoothing)
                     accelerator.backward(loss / accumulation)
                 losses.append(loss.detach())
             accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
@@ -597,21 +668,18 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         if not accelerator.is_main_process:
             break
         # The best (and averaged) model on the whole validation set and every test split, final decoding settings.
-        final_model = NATForConditionalGeneration.from_pretrained(model_dir).to(accelerator.device)
+        final_model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(accelerator.device)
         for split in [config.data.valid_split, *config.data.test_splits]:
-            pairs = splits.get(split) or load_split(split, config.data.source_lang, config.data.target_lang,
-                                                    config.data.data_dir, config.data.dataset_name)
+            pairs = splits.get(split) or split_data(split, eval_data_dir)
             scores = decode_and_score(final_model, tokenizer, pairs["source"], pairs["target"],
-                                      config.eval.batch_size, metric, num_iterations=config.eval.final_num_iterations,
-                                      length_beam=config.eval.final_length_beam)
+                                      config.eval.batch_size, metric, **decoding_options(config, final=True))
             summary[f"{prefix}{split}_bleu"], summary[f"{prefix}{split}_chrf"] = scores["bleu"], scores["chrf"]
             summary[f"{prefix}{split}_decode_seconds"] = round(scores["decode_seconds"], 1)
             summary["sacrebleu_signature"] = scores["signature"]
             hypotheses_path = output_dir / f"{prefix}{split}.hyp.{config.data.target_lang}"
             hypotheses_path.write_text("\n".join(scores["hypotheses"]) + "\n")
     if accelerator.is_main_process:
-        summary.update(num_iterations=config.eval.final_num_iterations, length_beam=config.eval.final_length_beam,
-                       world_size=world)
+        summary.update(family=config.model.family, world_size=world, **decoding_options(config, final=True))
         (output_dir / "results.json").write_text(json.dumps(summary, indent=1))
         log_line(log_path, {"event": "end", **summary})
     accelerator.end_training()

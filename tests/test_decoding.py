@@ -34,9 +34,9 @@ def test_mask_predict_remasks_the_scheduled_number_of_lowest_probability_tokens(
     recorded = []
     real_refine = tiny_model.refine
 
-    def recording_refine(state, remask, self_attention_mask, context):
+    def recording_refine(state, remask, *args):
         recorded.append((state.scores.clone(), remask.clone()))
-        return real_refine(state, remask, self_attention_mask, context)
+        return real_refine(state, remask, *args)
 
     tiny_model.refine = recording_refine
     input_ids = torch.tensor([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0], [11, 1, 0, 0, 0]])
@@ -90,3 +90,23 @@ def test_finish_sequences_closes_with_eos_and_pads():
     tokens = torch.tensor([[5, 6, 7], [8, 0, 0], [0, 0, 0]])
     finished = finish_sequences(tokens, torch.tensor([3, 1, 0]), eos_token_id=1, pad_token_id=0)
     assert finished.tolist() == [[5, 6, 7, 1], [8, 1, 0, 0], [1, 0, 0, 0]]
+
+
+def test_projecting_only_the_masked_positions_changes_nothing(tiny_model):
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 10, 1], [11, 12, 1, 0, 0, 0, 0]])
+    attention_mask = input_ids != 0
+    context = tiny_model.model.make_context(input_ids, attention_mask,
+                                            tiny_model.model.encode(input_ids, attention_mask), True)
+    lengths = torch.tensor([6, 2])
+    target_len = 6
+    decoder_mask = tiny_model.prepare_decoder_mask(lengths, target_len, context)
+    valid = torch.arange(target_len)[None, :] < lengths[:, None]
+    with torch.no_grad():
+        state = tiny_model.refine(
+            DecodingState(torch.full((2, target_len), 3).masked_fill(~valid, 0), torch.zeros(2, target_len), lengths),
+            valid, decoder_mask, context)
+        remask = lowest_scoring_positions(state.scores, valid, torch.tensor([3, 1]))
+        full = tiny_model.refine(state, remask, decoder_mask, context)
+        restricted = tiny_model.refine(state, remask, decoder_mask, context, max_masked=3)
+    assert torch.equal(full.tokens, restricted.tokens)
+    torch.testing.assert_close(full.scores, restricted.scores)

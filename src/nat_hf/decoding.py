@@ -70,11 +70,12 @@ def mask_predict(model, context, lengths: torch.Tensor, num_iterations: int) -> 
     decoder_mask = model.prepare_decoder_mask(lengths, target_len, context)
     for step in range(num_iterations):
         if step == 0:
-            remask = valid
+            remask, max_masked = valid, None
         else:
             num_masked = lengths * (num_iterations - step) // num_iterations  # [rows], linear decay
             remask = lowest_scoring_positions(state.scores, valid, num_masked)
-        state = model.refine(state, remask, decoder_mask, context)
+            max_masked = target_len * (num_iterations - step) // num_iterations  # bound on num_masked, host side
+        state = model.refine(state, remask, decoder_mask, context, max_masked)
     return state
 
 

@@ -6,7 +6,6 @@ already decided, for iterative refinement) or, in `"copy"` mode, source embeddin
 positions. Training objectives live in `objectives.py`, decoding strategies in `decoding.py`.
 """
 
-import copy
 import math
 import shutil
 from dataclasses import dataclass
@@ -597,19 +596,32 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         remask: torch.Tensor,
         self_attention_mask: torch.Tensor | None,
         context: NATEncoderContext,
+        max_masked: int | None = None,
     ) -> DecodingState:
         """One refinement step: replace the tokens at `remask` (`[rows, target_len]` bool) by `<mask>`, run the
         decoder once, and take its most probable token (special tokens excluded) and log-probability at those
-        positions; the other positions keep their tokens and scores."""
+        positions; the other positions keep their tokens and scores.
+
+        `max_masked`, an upper bound on the masked positions of any row known without a host sync, limits the
+        output projection (the largest single layer) to that many positions per row."""
         config = self.config
         decoder_input_ids = state.tokens.masked_fill(remask, config.mask_token_id)
-        logits = self.decoder_logits(decoder_input_ids, state.valid, context, self_attention_mask).float()
-        log_normalizer = logits.logsumexp(-1)  # [rows, target_len]; no log_softmax copy of the vocab-wide logits
+        hidden = self.model.decode(decoder_input_ids, state.valid, context, self_attention_mask)
+        positions = None
+        if max_masked is not None and max_masked < remask.shape[1]:
+            # the masked positions of each row first (then filler positions whose result is discarded)
+            positions = remask.to(torch.int8).sort(dim=-1, descending=True, stable=True).indices[:, :max_masked]
+            hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # [rows, k, d_model]
+        logits = self.lm_head(hidden).float()  # [rows, positions, vocab]
+        log_normalizer = logits.logsumexp(-1)  # no log_softmax copy of the vocab-wide logits
         special = [i for i in (config.pad_token_id, config.eos_token_id, config.mask_token_id,
                                config.blank_token_id, config.bos_token_id) if i is not None]
         logits[..., special] = float("-inf")
-        best_logits, tokens = logits.max(-1)  # [rows, target_len]
+        best_logits, tokens = logits.max(-1)
         scores = best_logits - log_normalizer  # log-probability of the chosen token under the full distribution
+        if positions is not None:
+            tokens = state.tokens.scatter(1, positions, tokens)
+            scores = state.scores.scatter(1, positions, scores)
         return DecodingState(
             tokens=torch.where(remask, tokens, state.tokens),
             scores=torch.where(remask, scores, state.scores),
@@ -627,8 +639,7 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
     def _generation_options(self, generation_config: GenerationConfig | None, kwargs: dict) -> dict:
         """Resolve decoding options (call-site kwargs > generation config > defaults) and reject what NAT
         decoding cannot honour."""
-        generation_config = copy.deepcopy(generation_config if generation_config is not None
-                                          else self.generation_config)
+        generation_config = generation_config if generation_config is not None else self.generation_config
         options = {name: kwargs.pop(name, getattr(generation_config, name, default))
                    for name, default in NAT_GENERATION_DEFAULTS.items()}
         do_sample = kwargs.pop("do_sample", generation_config.do_sample)

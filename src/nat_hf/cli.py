@@ -1,5 +1,6 @@
-"""The `nat-hf` command: `train`, `translate`, `evaluate`, `distill`. Heavy imports happen inside each command so that
-`nat-hf --help` stays fast."""
+"""The `nat-hf` command: `train`, `translate`, `evaluate`, `distill`, `bench speed`.
+
+Heavy imports happen inside each command."""
 
 import argparse
 import json
@@ -107,14 +108,20 @@ def main(argv: list[str] | None = None) -> None:
     add_decoding_options(evaluate)
     evaluate.set_defaults(run=command_evaluate)
 
-    # distill has its own parser (nat_hf.distill); listed here for --help
+    # these have their own parsers; listed here for --help
     commands.add_parser("distill", help="sequence-level distillation with an AR teacher (see nat-hf distill -h)")
+    commands.add_parser("bench", help="benchmarks: `nat-hf bench speed -h`")
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["distill"]:
         from .distill import main as distill_main
 
         distill_main(argv[1:])
+        return
+    if argv[:2] == ["bench", "speed"]:
+        from .bench import main as speed_main
+
+        speed_main(argv[2:])
         return
     args = parser.parse_args(argv)
     args.run(args)

@@ -1,0 +1,203 @@
+"""Translation speed on this machine, every system measured in one process, interleaved, with an explicit thread
+count: `nat-hf bench speed --system LABEL=MODEL[:key=value,...] ... --output speed.json`.
+
+A system is a saved model (NAT or AR, directory or repo id) with its decoding options, e.g.
+`nat-1pass=runs/multi30k_cmlm/best:num_iterations=1,length_beam=1` or `ar-greedy=TEACHER_DIR:num_beams=1`.
+Measured per system: latency at batch 1 (median and p90 over the sentences, one sentence at a time, the systems
+taking turns on each sentence), throughput in sentences per second at each batch size (median of repeats, the
+systems taking turns), and for NAT systems the raw forward passes (one encoder pass + one decoder pass on the
+predicted length) against one-pass `generate`, which shows the overhead of `generate`. Ratios are against the
+`--baseline` system. The machine is shared and noisy: report medians, and never compare numbers across runs.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class System:
+    label: str
+    path: str
+    options: dict = field(default_factory=dict)  # generate() arguments
+
+
+def parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_system(spec: str) -> System:
+    """`LABEL=PATH[:key=value,key=value]` -> System."""
+    label, sep, rest = spec.partition("=")
+    if not sep or not label or not rest:
+        raise ValueError(f"system {spec!r} must look like LABEL=MODEL[:key=value,...]")
+    path, _, options = rest.partition(":")
+    parsed = {}
+    for item in filter(None, options.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"option {item!r} of system {label!r} must look like key=value")
+        parsed[key] = parse_value(value)
+    return System(label, path, parsed)
+
+
+class Translator:
+    """A loaded model with fixed decoding options: `translate(texts)` and, for NAT models, `raw_forward(texts)`."""
+
+    def __init__(self, system: System):
+        from .inference import load_translator
+
+        self.system = system
+        self.model, self.tokenizer = load_translator(system.path)
+        self.is_nat = hasattr(self.model, "refine")
+
+    def encode(self, texts: list[str]) -> dict:
+        return self.tokenizer(texts, return_tensors="pt", padding=True)
+
+    @torch.no_grad()
+    def translate(self, texts: list[str]) -> list[str]:
+        output = self.model.generate(**self.encode(texts), **self.system.options)
+        return self.tokenizer.batch_decode(output, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def raw_forward(self, texts: list[str]) -> None:
+        """One encoder pass, the length prediction, and one decoder pass with output projection on `<mask>`
+        inputs of the predicted length: the arithmetic of one-pass decoding without `generate`'s bookkeeping."""
+        batch = self.encode(texts)
+        model = self.model
+        mask = batch["attention_mask"].bool()
+        hidden = model.model.encode(batch["input_ids"], mask)
+        length_logits = model.model.predict_length(hidden, mask)
+        offset = model.config.max_length_offset if model.config.length_prediction_mode == "offset" else 0
+        base = mask.sum(-1) if model.config.length_prediction_mode == "offset" else 0
+        lengths = (base + length_logits.argmax(-1) - offset).clamp(min=1)
+        target_len = int(lengths.max())
+        target_mask = torch.arange(target_len)[None, :] < lengths[:, None]
+        context = model.model.make_context(batch["input_ids"], mask, hidden)
+        decoder_input_ids = torch.full(target_mask.shape, model.config.mask_token_id)
+        model.decoder_logits(decoder_input_ids, target_mask, context).argmax(-1)
+
+
+def timed(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def machine(threads: int) -> dict:
+    cpu = platform.processor() or "unknown"
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
+            "commit": commit or None, "date": datetime.date.today().isoformat()}
+
+
+def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: list[int], threads: int,
+                    repeats: int = 3, baseline: str | None = None, warmup: int = 3) -> dict:
+    """Measure every system on `sentences`; see the module docstring."""
+    if not systems:
+        raise ValueError("give at least one system")
+    if len({system.label for system in systems}) != len(systems):
+        raise ValueError("system labels must be unique")
+    if baseline is not None and baseline not in {system.label for system in systems}:
+        raise ValueError(f"baseline {baseline!r} is not one of the systems")
+    torch.set_num_threads(threads)
+    translators = [Translator(system) for system in systems]
+    for translator in translators:  # first calls allocate; do not time them
+        for sentence in sentences[:warmup]:
+            translator.translate([sentence])
+
+    latency = {t.system.label: [] for t in translators}
+    raw = {t.system.label: [] for t in translators if t.is_nat}
+    for index, sentence in enumerate(sentences):
+        turn = translators[index % len(translators):] + translators[: index % len(translators)]  # rotate order
+        for translator in turn:
+            latency[translator.system.label].append(timed(translator.translate, [sentence]))
+            if translator.is_nat:
+                raw[translator.system.label].append(timed(translator.raw_forward, [sentence]))
+
+    throughput = {t.system.label: {} for t in translators}
+    for batch_size in batch_sizes:
+        batches = [sentences[i : i + batch_size] for i in range(0, len(sentences), batch_size)]
+        runs = {t.system.label: [] for t in translators}
+        for repeat in range(repeats):
+            turn = translators[repeat % len(translators):] + translators[: repeat % len(translators)]
+            for translator in turn:
+                seconds = sum(timed(translator.translate, batch) for batch in batches)
+                runs[translator.system.label].append(len(sentences) / seconds)
+        for label, values in runs.items():
+            throughput[label][str(batch_size)] = round(statistics.median(values), 2)
+
+    results = {"machine": machine(threads), "sentences": len(sentences), "repeats": repeats,
+               "batch_sizes": batch_sizes, "baseline": baseline, "systems": {}}
+    for translator in translators:
+        label = translator.system.label
+        entry = {
+            "model": translator.system.path, "model_class": type(translator.model).__name__,
+            "parameters": translator.model.num_parameters(), "options": translator.system.options,
+            "latency_ms": {"median": round(1000 * statistics.median(latency[label]), 2),
+                           "p90": round(1000 * percentile(latency[label], 0.9), 2)},
+            "throughput_sentences_per_second": throughput[label],
+        }
+        if label in raw:
+            entry["raw_forward_ms"] = round(1000 * statistics.median(raw[label]), 2)
+        results["systems"][label] = entry
+    if baseline is not None:
+        base = results["systems"][baseline]
+        for entry in results["systems"].values():
+            entry["latency_speedup_vs_baseline"] = round(base["latency_ms"]["median"] / entry["latency_ms"]["median"],
+                                                         2)
+            entry["throughput_speedup_vs_baseline"] = {
+                size: round(value / base["throughput_sentences_per_second"][size], 2)
+                for size, value in entry["throughput_sentences_per_second"].items()}
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="nat-hf bench speed", description=__doc__.splitlines()[0])
+    parser.add_argument("--system", action="append", required=True, type=parse_system,
+                        help="LABEL=MODEL[:key=value,...] (generate options); repeat for each system")
+    parser.add_argument("--source", type=Path, required=True, help="sentences, one per line")
+    parser.add_argument("--sentences", type=int, default=100, help="how many of them (>= 100 for the latency)")
+    parser.add_argument("--batch-sizes", default="1,64", help="comma-separated throughput batch sizes")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, required=True, help="torch CPU threads (state it: no default)")
+    parser.add_argument("--baseline", help="label of the system the ratios are against")
+    parser.add_argument("--output", type=Path, help="write the JSON here (it is printed too)")
+    args = parser.parse_args(argv)
+    sentences = [line for line in args.source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    results = benchmark_speed(args.system, sentences[: args.sentences],
+                              [int(size) for size in args.batch_sizes.split(",")], args.threads, args.repeats,
+                              args.baseline)
+    text = json.dumps(results, indent=1)
+    if args.output:
+        args.output.write_text(text + "\n")
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+import json
+
+import pytest
+import torch
+from transformers import MarianConfig, MarianMTModel
+
+from nat_hf import NATConfig, NATForConditionalGeneration
+from nat_hf.bench import main, parse_system
+from nat_hf.tokenization import config_kwargs_from_tokenizer, train_tokenizer
+
+
+def test_parse_system():
+    system = parse_system("mp4=runs/x/best:num_iterations=4,length_beam=3")
+    assert (system.label, system.path, system.options) == ("mp4", "runs/x/best", {"num_iterations": 4,
+                                                                                   "length_beam": 3})
+    with pytest.raises(ValueError, match="LABEL=MODEL"):
+        parse_system("no-model")
+
+
+def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpus):
+    tokenizer = train_tokenizer(files=[toy_corpus / "train.en", toy_corpus / "train.de"], vocab_size=100,
+                                algorithm="bpe")
+    torch.manual_seed(0)
+    nat = NATForConditionalGeneration(NATConfig(**config_kwargs_from_tokenizer(tokenizer), d_model=32,
+                                                encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                                decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                                max_source_positions=32, max_target_positions=32,
+                                                max_length_offset=8))
+    ar = MarianMTModel(MarianConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                    decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
+                                    decoder_start_token_id=0))
+    for name, model in (("nat", nat), ("ar", ar)):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    output = tmp_path / "speed.json"
+    main(["--system", f"nat-1pass={tmp_path / 'nat'}:num_iterations=1,length_beam=1",
+          "--system", f"nat-mp4={tmp_path / 'nat'}:num_iterations=4,length_beam=2",
+          "--system", f"ar-greedy={tmp_path / 'ar'}:num_beams=1,max_new_tokens=10",
+          "--source", str(toy_corpus / "val.en"), "--sentences", "6", "--batch-sizes", "1,3", "--repeats", "2",
+          "--threads", "1", "--baseline", "ar-greedy", "--output", str(output)])
+    results = json.loads(output.read_text())
+    assert results["machine"]["torch_threads"] == 1 and results["sentences"] == 6
+    assert set(results["systems"]) == {"nat-1pass", "nat-mp4", "ar-greedy"}
+    for label, entry in results["systems"].items():
+        assert entry["latency_ms"]["median"] > 0 and entry["latency_ms"]["p90"] >= entry["latency_ms"]["median"]
+        assert set(entry["throughput_sentences_per_second"]) == {"1", "3"}
+        assert ("raw_forward_ms" in entry) == label.startswith("nat")
+    assert results["systems"]["ar-greedy"]["latency_speedup_vs_baseline"] == 1.0

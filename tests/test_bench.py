@@ -17,7 +17,8 @@ def test_parse_system():
         parse_system("no-model")
 
 
-def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpus):
+@pytest.fixture
+def tiny_systems(tmp_path, toy_corpus):
     tokenizer = train_tokenizer(files=[toy_corpus / "train.en", toy_corpus / "train.de"], vocab_size=100,
                                 algorithm="bpe")
     torch.manual_seed(0)
@@ -33,12 +34,16 @@ def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpu
     for name, model in (("nat", nat), ("ar", ar)):
         model.save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
+    return tmp_path
+
+
+def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpus, tiny_systems):
     output = tmp_path / "speed.json"
     main(["--system", f"nat-1pass={tmp_path / 'nat'}:num_iterations=1,length_beam=1",
           "--system", f"nat-mp4={tmp_path / 'nat'}:num_iterations=4,length_beam=2",
           "--system", f"ar-greedy={tmp_path / 'ar'}:num_beams=1,max_new_tokens=10",
           "--source", str(toy_corpus / "val.en"), "--sentences", "6", "--batch-sizes", "1,3", "--repeats", "2",
-          "--threads", "1", "--baseline", "ar-greedy", "--output", str(output)])
+          "--threads", "1", "--baseline", "ar-greedy", "--lengths", "4,12", "--output", str(output)])
     results = json.loads(output.read_text())
     assert results["machine"]["torch_threads"] == 1 and results["sentences"] == 6
     assert set(results["systems"]) == {"nat-1pass", "nat-mp4", "ar-greedy"}
@@ -47,3 +52,19 @@ def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpu
         assert set(entry["throughput_sentences_per_second"]) == {"1", "3"}
         assert ("raw_forward_ms" in entry) == label.startswith("nat")
     assert results["systems"]["ar-greedy"]["latency_speedup_vs_baseline"] == 1.0
+    assert set(results["length_cost"]["latency_ms"]["nat-mp4"]) == {"4", "12"}
+    assert all(value > 0 for value in results["length_cost"]["latency_ms"]["ar-greedy"].values())
+
+
+def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_systems):
+    from nat_hf.quality import main as quality_main
+    from nat_hf.quality import repeated_token_share
+
+    assert repeated_token_share([["a", "a", "b"], ["c", "c", "c", "d"]]) == 3 / 7
+    output = tmp_path / "quality.json"
+    quality_main(["--system", f"nat={tmp_path / 'nat'}:num_iterations=2,length_beam=2", "--data-dir",
+                  str(toy_corpus), "--splits", "val", "--threads", "1", "--output", str(output)])
+    scores = json.loads(output.read_text())["systems"]["nat"]["splits"]["val"]
+    assert scores["sentences"] == 40 and len(scores["hypotheses"]) == 40
+    assert 0 <= scores["repeated_token_share"] <= 1 and "length_error_relative_mean" in scores
+    assert sum(bucket["sentences"] for bucket in scores["bleu_by_source_length"].values()) == 40

@@ -176,6 +176,53 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
     return results
 
 
+@torch.no_grad()
+def decode_fixed_length(translator: Translator, input_ids: torch.Tensor, length: int) -> None:
+    """Translate one synthetic source into exactly `length` tokens: AR decoding forced to that many steps,
+    NAT decoding (the configured strategy, iterations and length beam) on that target length."""
+    model, options = translator.model, translator.system.options
+    if not translator.is_nat:
+        model.generate(input_ids, **{**options, "min_new_tokens": length, "max_new_tokens": length})
+        return
+    from .decoding import DECODING_STRATEGIES, best_candidates
+
+    mask = torch.ones_like(input_ids, dtype=torch.bool)
+    length_beam = options.get("length_beam", model.generation_config.length_beam)
+    context = model.model.make_context(input_ids, mask, model.model.encode(input_ids, mask), True)
+    context = context.repeat_rows(length_beam)
+    strategy = DECODING_STRATEGIES[options.get("decoding_strategy", "mask_predict")]
+    state = strategy(model, context, torch.full((length_beam,), length),
+                     options.get("num_iterations", model.generation_config.num_iterations))
+    best_candidates(state, length_beam)
+
+
+def benchmark_length_cost(systems: list[System], lengths: list[int], threads: int, repeats: int = 5) -> dict:
+    """Batch-1 latency as the output grows (synthetic sources of the same length as the output)."""
+    torch.set_num_threads(threads)
+    translators = [Translator(system) for system in systems]
+    generator = torch.Generator().manual_seed(0)
+    table = {t.system.label: {} for t in translators}
+    for length in lengths:
+        for translator in translators:
+            config = translator.model.config
+            limit = getattr(config, "max_target_positions", None) or config.max_position_embeddings - 1
+            if length > limit:
+                raise ValueError(f"{translator.system.label} produces at most {limit} tokens; drop length {length}")
+        vocab_size = min(t.model.config.vocab_size for t in translators)
+        source = torch.randint(5, vocab_size, (1, length), generator=generator)
+        source[0, -1] = translators[0].model.config.eos_token_id
+        times = {t.system.label: [] for t in translators}
+        for repeat in range(repeats + 1):
+            turn = translators[repeat % len(translators):] + translators[: repeat % len(translators)]
+            for translator in turn:
+                seconds = timed(decode_fixed_length, translator, source, length)
+                if repeat > 0:  # the first round warms up
+                    times[translator.system.label].append(seconds)
+        for label, values in times.items():
+            table[label][str(length)] = round(1000 * statistics.median(values), 2)
+    return {"machine": machine(threads), "repeats": repeats, "lengths": lengths, "latency_ms": table}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="nat-hf bench speed", description=__doc__.splitlines()[0])
     parser.add_argument("--system", action="append", required=True, type=parse_system,
@@ -187,11 +234,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, required=True, help="torch CPU threads (state it: no default)")
     parser.add_argument("--baseline", help="label of the system the ratios are against")
     parser.add_argument("--output", type=Path, help="write the JSON here (it is printed too)")
+    parser.add_argument("--lengths", help="also time batch-1 decoding of synthetic outputs of these lengths, "
+                        "e.g. 8,16,32,64,128 (the cost-vs-length table)")
     args = parser.parse_args(argv)
     sentences = [line for line in args.source.read_text(encoding="utf-8").splitlines() if line.strip()]
     results = benchmark_speed(args.system, sentences[: args.sentences],
                               [int(size) for size in args.batch_sizes.split(",")], args.threads, args.repeats,
                               args.baseline)
+    if args.lengths:
+        results["length_cost"] = benchmark_length_cost(args.system, [int(n) for n in args.lengths.split(",")],
+                                                       args.threads, args.repeats)
     text = json.dumps(results, indent=1)
     if args.output:
         args.output.write_text(text + "\n")

@@ -1,4 +1,4 @@
-"""The `nat-hf` command: `train`, `translate`, `evaluate`, `distill`, `bench speed`.
+"""The `nat-hf` command: `train`, `translate`, `evaluate`, `distill`, `bench speed|quality`.
 
 Heavy imports happen inside each command."""
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # these have their own parsers; listed here for --help
     commands.add_parser("distill", help="sequence-level distillation with an AR teacher (see nat-hf distill -h)")
-    commands.add_parser("bench", help="benchmarks: `nat-hf bench speed -h`")
+    commands.add_parser("bench", help="benchmarks: `nat-hf bench speed -h`, `nat-hf bench quality -h`")
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["distill"]:
@@ -122,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
         from .bench import main as speed_main
 
         speed_main(argv[2:])
+        return
+    if argv[:2] == ["bench", "quality"]:
+        from .quality import main as quality_main
+
+        quality_main(argv[2:])
         return
     args = parser.parse_args(argv)
     args.run(args)

@@ -1,0 +1,104 @@
+"""Translation quality and the NAT failure modes: `nat-hf bench quality --system LABEL=MODEL[:opts] ... --data-dir
+DIR --splits val test_2016_flickr --output quality.json`.
+
+Per system and split: sacreBLEU and chrF; the share of consecutive repeated tokens (the classic symptom of
+one-pass NAT decoding mixing modes), beside the same share in the references; the length error against the
+reference (mean relative and mean absolute, in subword tokens); and BLEU by source-length bucket.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .bench import System, machine, parse_system
+from .data import read_parallel_text
+from .inference import load_translator, translate_texts
+
+LENGTH_BUCKETS = ((1, 10), (11, 20), (21, 30), (31, 10_000))
+
+
+def repeated_token_share(token_lists: list[list[str]]) -> float:
+    """Share of tokens equal to the token right before them."""
+    repeats = sum(a == b for tokens in token_lists for a, b in zip(tokens, tokens[1:], strict=False))
+    total = sum(len(tokens) for tokens in token_lists)
+    return repeats / max(total, 1)
+
+
+def quality_report(model, tokenizer, sources: list[str], references: list[str], metric, batch_size: int = 50,
+                   **generate_kwargs) -> dict:
+    """Scores of `model` on one split (see the module docstring)."""
+    start = time.perf_counter()
+    hypotheses = translate_texts(model, tokenizer, sources, batch_size, **generate_kwargs)
+    seconds = time.perf_counter() - start
+    scores = metric.compute(predictions=hypotheses, references=references)
+    hypothesis_tokens = [tokenizer.tokenize(text) for text in hypotheses]
+    reference_tokens = [tokenizer.tokenize(text) for text in references]
+    source_lengths = [len(tokenizer.tokenize(text)) for text in sources]
+    relative_errors = [(len(h) - len(r)) / max(len(r), 1) for h, r in zip(hypothesis_tokens, reference_tokens,
+                                                                          strict=True)]
+    buckets = {}
+    for low, high in LENGTH_BUCKETS:
+        members = [i for i, length in enumerate(source_lengths) if low <= length <= high]
+        if members:
+            bucket = metric.compute(predictions=[hypotheses[i] for i in members],
+                                    references=[references[i] for i in members])
+            name = f"{low}-{high}" if high < 10_000 else f"{low}+"
+            buckets[name] = {"sentences": len(members), "bleu": round(bucket["bleu"], 2)}
+    return {
+        "sentences": len(sources), "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2),
+        "signature": scores["signature"],
+        "repeated_token_share": round(repeated_token_share(hypothesis_tokens), 4),
+        "reference_repeated_token_share": round(repeated_token_share(reference_tokens), 4),
+        "length_error_relative_mean": round(statistics.mean(relative_errors), 4),
+        "length_error_absolute_mean": round(statistics.mean(
+            abs(len(h) - len(r)) for h, r in zip(hypothesis_tokens, reference_tokens, strict=True)), 3),
+        "bleu_by_source_length": buckets, "decode_seconds": round(seconds, 1), "hypotheses": hypotheses,
+    }
+
+
+def benchmark_quality(systems: list[System], data_dir: Path, splits: list[str], source_lang: str,
+                      target_lang: str, threads: int, batch_size: int = 50) -> dict:
+    from .metrics import load_sacrebleu
+
+    torch.set_num_threads(threads)
+    metric = load_sacrebleu()
+    data = {split: read_parallel_text(data_dir, split, source_lang, target_lang) for split in splits}
+    results = {"machine": machine(threads), "data_dir": str(data_dir), "batch_size": batch_size, "systems": {}}
+    for system in systems:
+        model, tokenizer = load_translator(system.path)
+        entry = {"model": system.path, "options": system.options, "splits": {}}
+        for split, columns in data.items():
+            entry["splits"][split] = quality_report(model, tokenizer, columns["source"], columns["target"], metric,
+                                                    batch_size, **system.options)
+        results["systems"][system.label] = entry
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="nat-hf bench quality", description=__doc__.splitlines()[0])
+    parser.add_argument("--system", action="append", required=True, type=parse_system,
+                        help="LABEL=MODEL[:key=value,...] (generate options); repeat for each system")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--splits", nargs="+", default=["val", "test_2016_flickr"])
+    parser.add_argument("--source-lang", default="en")
+    parser.add_argument("--target-lang", default="de")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--output", type=Path, help="write the JSON here (hypotheses included)")
+    args = parser.parse_args(argv)
+    results = benchmark_quality(args.system, args.data_dir, args.splits, args.source_lang, args.target_lang,
+                                args.threads, args.batch_size)
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    summary = {label: {split: {k: v for k, v in scores.items() if k != "hypotheses"}
+                       for split, scores in entry["splits"].items()} for label, entry in results["systems"].items()}
+    print(json.dumps(summary, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

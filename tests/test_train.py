@@ -248,3 +248,25 @@ def test_the_same_script_trains_an_ar_baseline(tmp_path, toy_corpus):
     model = AutoModelForSeq2SeqLM.from_pretrained(output_dir / "best")
     assert type(model).__name__ == "MarianMTModel"
     assert model.config.d_model == 32 and model.generation_config.num_beams == 2
+
+
+def test_model_card_from_measured_results_and_push_dry_run(finished_run, capsys):
+    from huggingface_hub import ModelCard
+
+    from nat_hf.cli import main as cli
+
+    _, output_dir, summary = finished_run
+    best = output_dir / "best"
+    cli(["card", str(best), "--repo-id", "nat-hf/tiny-toy"])
+    card = ModelCard.load(best / "README.md")
+    metadata = card.data.to_dict()
+    assert metadata["language"] == ["en", "de"] and "non-autoregressive" in metadata["tags"]
+    results = {entry["dataset"]["split"]: entry["metrics"][0]["value"]
+               for entry in metadata["model-index"][0]["results"]}
+    assert results == {"val": round(summary["val_bleu"], 2), "test": round(summary["test_bleu"], 2)}
+    assert f"{summary['test_bleu']:.2f}" in card.text
+    capsys.readouterr()
+    cli(["push", str(best), "nat-hf/tiny-toy", "--dry-run"])
+    listed = {line.strip() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md",
+            "modeling_nat.py", "configuration_nat.py", "decoding.py", "objectives.py", "pipeline_nat.py"} <= listed

@@ -1,4 +1,4 @@
-"""The `nat-hf` command: `train`, `translate`, `evaluate`, `distill`, `bench speed|quality`.
+"""The `nat-hf` command: `train`, `translate`, `evaluate`, `distill`, `bench speed|quality`, `card`, `push`.
 
 Heavy imports happen inside each command."""
 
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     # these have their own parsers; listed here for --help
     commands.add_parser("distill", help="sequence-level distillation with an AR teacher (see nat-hf distill -h)")
     commands.add_parser("bench", help="benchmarks: `nat-hf bench speed -h`, `nat-hf bench quality -h`")
+    commands.add_parser("card", help="write a model card from measured results (see nat-hf card -h)")
+    commands.add_parser("push", help="upload a model directory to the Hub, or --dry-run (see nat-hf push -h)")
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["distill"]:
@@ -122,6 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         from .bench import main as speed_main
 
         speed_main(argv[2:])
+        return
+    if argv[:1] in (["card"], ["push"]):
+        from .hub import main_card, main_push
+
+        (main_card if argv[0] == "card" else main_push)(argv[1:])
         return
     if argv[:2] == ["bench", "quality"]:
         from .quality import main as quality_main

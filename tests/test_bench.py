@@ -42,11 +42,12 @@ def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpu
     main(["--system", f"nat-1pass={tmp_path / 'nat'}:num_iterations=1,length_beam=1",
           "--system", f"nat-mp4={tmp_path / 'nat'}:num_iterations=4,length_beam=2",
           "--system", f"ar-greedy={tmp_path / 'ar'}:num_beams=1,max_new_tokens=10",
+          "--system", f"ct2={tmp_path / 'ar'}:backend=ctranslate2,beam_size=1,max_decoding_length=10",
           "--source", str(toy_corpus / "val.en"), "--sentences", "6", "--batch-sizes", "1,3", "--repeats", "2",
           "--threads", "1", "--baseline", "ar-greedy", "--lengths", "4,12", "--output", str(output)])
     results = json.loads(output.read_text())
     assert results["machine"]["torch_threads"] == 1 and results["sentences"] == 6
-    assert set(results["systems"]) == {"nat-1pass", "nat-mp4", "ar-greedy"}
+    assert set(results["systems"]) == {"nat-1pass", "nat-mp4", "ar-greedy", "ct2"}
     for label, entry in results["systems"].items():
         assert entry["latency_ms"]["median"] > 0 and entry["latency_ms"]["p90"] >= entry["latency_ms"]["median"]
         assert set(entry["throughput_sentences_per_second"]) == {"1", "3"}
@@ -68,3 +69,20 @@ def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_syst
     assert scores["sentences"] == 40 and len(scores["hypotheses"]) == 40
     assert 0 <= scores["repeated_token_share"] <= 1 and "length_error_relative_mean" in scores
     assert sum(bucket["sentences"] for bucket in scores["bleu_by_source_length"].values()) == 40
+
+
+def test_ctranslate2_conversion_translates_like_transformers(tmp_path, tiny_systems, toy_corpus):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from nat_hf.ctranslate import CTranslate2Model
+
+    ar_dir = tiny_systems / "ar"
+    model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(ar_dir).eval(), AutoTokenizer.from_pretrained(ar_dir)
+    with torch.no_grad():  # a random model: give it a non-zero <pad> row, as trained tied models have
+        model.model.shared.weight[0].normal_()
+    model.save_pretrained(ar_dir)
+    sources = (toy_corpus / "val.en").read_text().splitlines()[:10]
+    expected = tokenizer.batch_decode(model.generate(**tokenizer(sources, return_tensors="pt", padding=True),
+                                                     num_beams=1, max_new_tokens=12), skip_special_tokens=True)
+    converted = CTranslate2Model(ar_dir, "default", threads=1, cache_dir=tmp_path / "ct2")
+    assert converted.generate_texts(sources, beam_size=1, max_decoding_length=12) == expected

@@ -56,21 +56,41 @@ def parse_system(spec: str) -> System:
 
 
 class Translator:
-    """A loaded model with fixed decoding options: `translate(texts)` and, for NAT models, `raw_forward(texts)`."""
+    """A loaded model with fixed decoding options: `translate(texts)` and, for NAT models, `raw_forward(texts)`.
 
-    def __init__(self, system: System):
+    The option `backend=ctranslate2` (with `compute_type=default|int8|...`, `beam_size`) runs a Marian-architecture
+    AR model converted to CTranslate2 instead of transformers."""
+
+    def __init__(self, system: System, threads: int = 1):
         from .inference import load_translator
 
         self.system = system
+        self.options = dict(system.options)
+        self.backend = self.options.pop("backend", "transformers")
+        self.is_nat = False
+        if self.backend == "ctranslate2":
+            from .ctranslate import CTranslate2Model
+
+            self.ct2 = CTranslate2Model(system.path, self.options.pop("compute_type", "default"), threads)
+            self.model_class, self.parameters = "ctranslate2.Translator", None
+            self.max_length = 256
+            return
+        if self.backend != "transformers":
+            raise ValueError(f"backend must be transformers or ctranslate2, got {self.backend!r}")
         self.model, self.tokenizer = load_translator(system.path)
         self.is_nat = hasattr(self.model, "refine")
+        self.model_class, self.parameters = type(self.model).__name__, self.model.num_parameters()
+        config = self.model.config
+        self.max_length = getattr(config, "max_target_positions", None) or config.max_position_embeddings - 1
 
     def encode(self, texts: list[str]) -> dict:
         return self.tokenizer(texts, return_tensors="pt", padding=True)
 
     @torch.no_grad()
     def translate(self, texts: list[str]) -> list[str]:
-        output = self.model.generate(**self.encode(texts), **self.system.options)
+        if self.backend == "ctranslate2":
+            return self.ct2.generate_texts(texts, **self.options)
+        output = self.model.generate(**self.encode(texts), **self.options)
         return self.tokenizer.batch_decode(output, skip_special_tokens=True)
 
     @torch.no_grad()
@@ -125,7 +145,7 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
     if baseline is not None and baseline not in {system.label for system in systems}:
         raise ValueError(f"baseline {baseline!r} is not one of the systems")
     torch.set_num_threads(threads)
-    translators = [Translator(system) for system in systems]
+    translators = [Translator(system, threads) for system in systems]
     for translator in translators:  # first calls allocate; do not time them
         for sentence in sentences[:warmup]:
             translator.translate([sentence])
@@ -156,8 +176,8 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
     for translator in translators:
         label = translator.system.label
         entry = {
-            "model": translator.system.path, "model_class": type(translator.model).__name__,
-            "parameters": translator.model.num_parameters(), "options": translator.system.options,
+            "model": translator.system.path, "model_class": translator.model_class,
+            "parameters": translator.parameters, "options": translator.system.options,
             "latency_ms": {"median": round(1000 * statistics.median(latency[label]), 2),
                            "p90": round(1000 * percentile(latency[label], 0.9), 2)},
             "throughput_sentences_per_second": throughput[label],
@@ -180,7 +200,13 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
 def decode_fixed_length(translator: Translator, input_ids: torch.Tensor, length: int) -> None:
     """Translate one synthetic source into exactly `length` tokens: AR decoding forced to that many steps,
     NAT decoding (the configured strategy, iterations and length beam) on that target length."""
-    model, options = translator.model, translator.system.options
+    options = translator.options
+    if translator.backend == "ctranslate2":
+        tokens = [translator.ct2.tokenizer.convert_ids_to_tokens(input_ids[0].tolist())]
+        translator.ct2.translator.translate_batch(tokens, beam_size=options.get("beam_size", 1),
+                                                  min_decoding_length=length, max_decoding_length=length)
+        return
+    model = translator.model
     if not translator.is_nat:
         model.generate(input_ids, **{**options, "min_new_tokens": length, "max_new_tokens": length})
         return
@@ -199,18 +225,18 @@ def decode_fixed_length(translator: Translator, input_ids: torch.Tensor, length:
 def benchmark_length_cost(systems: list[System], lengths: list[int], threads: int, repeats: int = 5) -> dict:
     """Batch-1 latency as the output grows (synthetic sources of the same length as the output)."""
     torch.set_num_threads(threads)
-    translators = [Translator(system) for system in systems]
+    translators = [Translator(system, threads) for system in systems]
     generator = torch.Generator().manual_seed(0)
     table = {t.system.label: {} for t in translators}
     for length in lengths:
         for translator in translators:
-            config = translator.model.config
-            limit = getattr(config, "max_target_positions", None) or config.max_position_embeddings - 1
-            if length > limit:
-                raise ValueError(f"{translator.system.label} produces at most {limit} tokens; drop length {length}")
-        vocab_size = min(t.model.config.vocab_size for t in translators)
+            if length > translator.max_length:
+                raise ValueError(f"{translator.system.label} produces at most {translator.max_length} tokens; "
+                                 f"drop length {length}")
+        vocab_size = min(t.model.config.vocab_size for t in translators if t.backend == "transformers")
+        eos = next(t.model.config.eos_token_id for t in translators if t.backend == "transformers")
         source = torch.randint(5, vocab_size, (1, length), generator=generator)
-        source[0, -1] = translators[0].model.config.eos_token_id
+        source[0, -1] = eos
         times = {t.system.label: [] for t in translators}
         for repeat in range(repeats + 1):
             turn = translators[repeat % len(translators):] + translators[: repeat % len(translators)]

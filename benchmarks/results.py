@@ -1,11 +1,14 @@
 """Keep `benchmarks/RESULTS.md` generated, never hand-edited.
 
     python benchmarks/results.py record RUN_DIR --name NAME --command "THE EXACT COMMAND" [--commit SHA]
+    python benchmarks/results.py record-bench BENCH.json --name NAME --command "THE EXACT COMMAND"
     python benchmarks/results.py render
 
 `record` turns a finished training run (its `log.jsonl`, `results.json`, `train_config.yaml`) into
-`benchmarks/records/NAME.json` (with the command, commit, date and machine) plus a learning-curve plot
-`benchmarks/records/NAME.png`; `render` rebuilds RESULTS.md from every record.
+`benchmarks/records/NAME.json` (with the command, commit, date and machine) plus a learning-curve plot;
+`record-bench` stores the JSON of `nat-hf bench speed` or `nat-hf bench quality` with its command, and plots
+latency against batch size and (with a cost-vs-length table) speed-up against output length; `render` rebuilds
+RESULTS.md from every record.
 """
 
 import argparse
@@ -150,6 +153,116 @@ def render_training(entry: dict) -> list[str]:
     return lines + [""]
 
 
+def record_bench(path: Path, name: str, command: str) -> Path:
+    data = json.loads(path.read_text())
+    kind = "speed" if any("latency_ms" in entry for entry in data["systems"].values()) else "quality"
+    entry = {"name": name, "kind": kind, "command": command, "commit": data["machine"]["commit"],
+             "date": data["machine"]["date"], "machine": data["machine"], "data": data}
+    if kind == "quality":  # keep the scores, not the hypotheses
+        for system in data["systems"].values():
+            for scores in system["splits"].values():
+                scores.pop("hypotheses", None)
+    RECORDS.mkdir(exist_ok=True)
+    target = RECORDS / f"{name}.json"
+    target.write_text(json.dumps(entry, indent=1, ensure_ascii=False) + "\n")
+    if kind == "speed":
+        plot_speed(data, name)
+    return target
+
+
+def plot_speed(data: dict, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for label, entry in data["systems"].items():
+        sizes = sorted(int(size) for size in entry["throughput_sentences_per_second"])
+        axis.plot(sizes, [1000 * size / entry["throughput_sentences_per_second"][str(size)] for size in sizes],
+                  marker="o", label=label)
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    axis.set_xlabel("batch size (sentences)")
+    axis.set_ylabel("milliseconds per batch")
+    axis.set_title(f"latency vs batch size ({data['machine']['torch_threads']} threads)", fontsize=9)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(RECORDS / f"{name}-batch.png", dpi=100)
+    plt.close(figure)
+    length_cost = data.get("length_cost")
+    if length_cost and data.get("baseline") in length_cost["latency_ms"]:
+        base = length_cost["latency_ms"][data["baseline"]]
+        figure, axis = plt.subplots(figsize=(7, 4))
+        for label, values in length_cost["latency_ms"].items():
+            lengths = [int(n) for n in values]
+            axis.plot(lengths, [base[str(n)] / values[str(n)] for n in lengths], marker="o", label=label)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("output length (tokens)")
+        axis.set_ylabel(f"speed-up over {data['baseline']} (batch 1)")
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(RECORDS / f"{name}-length.png", dpi=100)
+        plt.close(figure)
+
+
+def render_speed(entry: dict) -> list[str]:
+    data, machine_info = entry["data"], entry["machine"]
+    sizes = [str(size) for size in data["batch_sizes"]]
+    baseline = data.get("baseline")
+    lines = [f"### {entry['name']}", "", f"- command: `{entry['command']}`",
+             f"- commit `{entry['commit']}`, {entry['date']}, on {machine_info['cpu']} ({machine_info['logical_cpus']}"
+             f" logical CPUs, torch {machine_info['torch']}, {machine_info['torch_threads']} threads); "
+             f"{data['sentences']} sentences, median of {data['repeats']} interleaved repeats", "",
+             "| system | latency batch 1 median (ms) | p90 (ms) | "
+             + " | ".join(f"sent/s batch {size}" for size in sizes)
+             + (f" | speed-up vs {baseline}: latency | " + " | ".join(f"batch {size}" for size in sizes)
+                if baseline else "") + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in sizes)
+             + (" | --- | " + " | ".join("---" for _ in sizes) if baseline else "") + " |"]
+    for label, system in data["systems"].items():
+        row = (f"| {label} | {system['latency_ms']['median']} | {system['latency_ms']['p90']} | "
+               + " | ".join(str(system["throughput_sentences_per_second"][size]) for size in sizes))
+        if baseline:
+            row += (f" | {system['latency_speedup_vs_baseline']}x | "
+                    + " | ".join(f"{system['throughput_speedup_vs_baseline'][size]}x" for size in sizes))
+        lines.append(row + " |")
+    overhead = [(label, system) for label, system in data["systems"].items() if "raw_forward_ms" in system]
+    if overhead:
+        lines += ["", "`generate` against its raw forward passes (batch 1; one encoder pass + one decoder pass):", "",
+                  "| system | generate median (ms) | raw forward median (ms) | overhead |", "| --- | --- | --- | --- |"]
+        for label, system in overhead:
+            ratio = system["latency_ms"]["median"] / system["raw_forward_ms"] - 1
+            lines.append(f"| {label} | {system['latency_ms']['median']} | {system['raw_forward_ms']} | {ratio:.0%} |")
+    lines += ["", f"![latency vs batch size](records/{entry['name']}-batch.png)", ""]
+    if data.get("length_cost"):
+        cost = data["length_cost"]
+        lengths = [str(n) for n in cost["lengths"]]
+        lines += ["Cost against output length (batch 1, synthetic source of the same length, milliseconds):", "",
+                  "| system | " + " | ".join(lengths) + " |", "| --- | " + " | ".join("---" for _ in lengths) + " |"]
+        lines += [f"| {label} | " + " | ".join(str(values[n]) for n in lengths) + " |"
+                  for label, values in cost["latency_ms"].items()]
+        if (RECORDS / f"{entry['name']}-length.png").is_file():
+            lines += ["", f"![speed-up vs length](records/{entry['name']}-length.png)"]
+        lines.append("")
+    return lines
+
+
+def render_quality(entry: dict) -> list[str]:
+    data = entry["data"]
+    lines = [f"### {entry['name']}", "", f"- command: `{entry['command']}`",
+             f"- commit `{entry['commit']}`, {entry['date']}, batch {data['batch_size']}", "",
+             "| system | split | BLEU | chrF | repeated tokens (reference) | length error (relative) | "
+             "BLEU by source length |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, system in data["systems"].items():
+        for split, scores in system["splits"].items():
+            buckets = ", ".join(f"{name}: {bucket['bleu']}" for name, bucket in scores["bleu_by_source_length"].items())
+            lines.append(f"| {label} | {split} | {scores['bleu']} | {scores['chrf']} | "
+                         f"{scores['repeated_token_share']:.2%} ({scores['reference_repeated_token_share']:.2%}) | "
+                         f"{scores['length_error_relative_mean']:+.2%} | {buckets} |")
+    return lines + [""]
+
+
 def render() -> None:
     entries = [json.loads(path.read_text()) for path in sorted(RECORDS.glob("*.json"))]
     lines = ["# Results", "",
@@ -159,6 +272,12 @@ def render() -> None:
     for entry in entries:
         if entry["kind"] == "training":
             lines += render_training(entry)
+    for kind, title, renderer in (("speed", "Speed", render_speed), ("quality", "Quality", render_quality)):
+        chosen = [entry for entry in entries if entry["kind"] == kind]
+        if chosen:
+            lines += [f"## {title}", ""]
+            for entry in chosen:
+                lines += renderer(entry)
     RESULTS_MD.write_text("\n".join(lines))
 
 
@@ -170,10 +289,16 @@ def main() -> None:
     record_parser.add_argument("--name", required=True)
     record_parser.add_argument("--command", dest="run_command", required=True)
     record_parser.add_argument("--commit")
+    bench_parser = commands.add_parser("record-bench")
+    bench_parser.add_argument("bench_json", type=Path)
+    bench_parser.add_argument("--name", required=True)
+    bench_parser.add_argument("--command", dest="run_command", required=True)
     commands.add_parser("render")
     args = parser.parse_args()
     if args.command == "record":
         print(record(args.run_dir, args.name, args.run_command, args.commit))
+    elif args.command == "record-bench":
+        print(record_bench(args.bench_json, args.name, args.run_command))
     render()
 
 

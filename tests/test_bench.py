@@ -1,4 +1,6 @@
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +49,7 @@ def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpu
           "--threads", "1", "--baseline", "ar-greedy", "--lengths", "4,12", "--output", str(output)])
     results = json.loads(output.read_text())
     assert results["machine"]["torch_threads"] == 1 and results["sentences"] == 6
+    render_results(tmp_path, output)
     assert set(results["systems"]) == {"nat-1pass", "nat-mp4", "ar-greedy", "ct2"}
     for label, entry in results["systems"].items():
         assert entry["latency_ms"]["median"] > 0 and entry["latency_ms"]["p90"] >= entry["latency_ms"]["median"]
@@ -86,3 +89,18 @@ def test_ctranslate2_conversion_translates_like_transformers(tmp_path, tiny_syst
                                                      num_beams=1, max_new_tokens=12), skip_special_tokens=True)
     converted = CTranslate2Model(ar_dir, "default", threads=1, cache_dir=tmp_path / "ct2")
     assert converted.generate_texts(sources, beam_size=1, max_decoding_length=12) == expected
+
+
+def render_results(tmp_path, speed_json):
+    """benchmarks/results.py turns the JSON into RESULTS.md tables and plots."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results.py"
+    spec = importlib.util.spec_from_file_location("results_script", path)
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    results.RECORDS, results.RESULTS_MD = tmp_path / "records", tmp_path / "RESULTS.md"
+    results.record_bench(speed_json, "tiny-speed", "nat-hf bench speed ...")
+    results.render()
+    text = results.RESULTS_MD.read_text()
+    assert "### tiny-speed" in text and "| ct2 |" in text and "overhead" in text and "Cost against output" in text
+    assert (results.RECORDS / "tiny-speed-batch.png").is_file()
+    assert (results.RECORDS / "tiny-speed-length.png").is_file()

@@ -253,7 +253,7 @@ def test_the_same_script_trains_an_ar_baseline(tmp_path, toy_corpus):
 def test_model_card_from_measured_results_and_push_dry_run(finished_run, capsys):
     from huggingface_hub import ModelCard
 
-    from nat_hf.cli import main as cli
+    from nat_hf_cli import main as cli
 
     _, output_dir, summary = finished_run
     best = output_dir / "best"

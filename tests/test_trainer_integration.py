@@ -127,7 +127,7 @@ def test_pipeline_in_process_matches_generate(saved_toy_model):
 
 
 def test_cli_translate_and_evaluate(tmp_path, saved_toy_model, capsys):
-    from nat_hf.cli import main
+    from nat_hf_cli import main
 
     corpus, directory, _ = saved_toy_model
     main(["translate", str(directory), "three one two", "seven", "--num-iterations", "2"])
@@ -138,3 +138,11 @@ def test_cli_translate_and_evaluate(tmp_path, saved_toy_model, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["sentences"] == 40 and report["decoding"]["length_beam"] == 2 and 0 <= report["bleu"] <= 100
     assert (tmp_path / "hyp.de").read_text().count("\n") == 40
+
+
+def test_cli_help_does_not_import_the_models():
+    script = ("import sys, contextlib, io\nimport nat_hf_cli\nwith contextlib.redirect_stdout(io.StringIO()):\n"
+              "    try:\n        nat_hf_cli.main(['--help'])\n    except SystemExit:\n        pass\n"
+              "print('transformers' in sys.modules, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["False", "False"]

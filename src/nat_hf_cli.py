@@ -1,6 +1,7 @@
 """The `nat-hf` command: `train`, `translate`, `evaluate`, `distill`, `bench speed|quality`, `card`, `push`.
 
-Heavy imports happen inside each command."""
+A top-level module, not part of the `nat_hf` package, so that `nat-hf --help` does not pay for importing
+transformers' model classes (about 4 s); each command imports what it needs."""
 
 import argparse
 import json
@@ -27,7 +28,7 @@ def decoding_kwargs(args: argparse.Namespace) -> dict:
 def load(args: argparse.Namespace):
     import torch
 
-    from .inference import load_translator
+    from nat_hf.inference import load_translator
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -35,7 +36,7 @@ def load(args: argparse.Namespace):
 
 
 def command_translate(args: argparse.Namespace) -> None:
-    from .inference import translate_texts
+    from nat_hf.inference import translate_texts
 
     sources = args.text or [line.rstrip("\n") for line in sys.stdin]
     model, tokenizer = load(args)
@@ -49,9 +50,9 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
     import torch
 
-    from .data import read_lines
-    from .inference import translate_texts
-    from .metrics import load_sacrebleu
+    from nat_hf.data import read_lines
+    from nat_hf.inference import translate_texts
+    from nat_hf.metrics import load_sacrebleu
 
     sources, references = read_lines(args.source), read_lines(args.reference)
     if len(sources) != len(references):
@@ -75,7 +76,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
 
 def command_train(args: argparse.Namespace) -> None:
-    from .train import main as train_main
+    from nat_hf.train import main as train_main
 
     extra = (["--resume"] if args.resume else []) + (["--init-from-ar", args.init_from_ar] if args.init_from_ar else [])
     train_main([args.config, *args.overrides, *extra])
@@ -116,22 +117,22 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["distill"]:
-        from .distill import main as distill_main
+        from nat_hf.distill import main as distill_main
 
         distill_main(argv[1:])
         return
     if argv[:2] == ["bench", "speed"]:
-        from .bench import main as speed_main
+        from nat_hf.bench import main as speed_main
 
         speed_main(argv[2:])
         return
     if argv[:1] in (["card"], ["push"]):
-        from .hub import main_card, main_push
+        from nat_hf.hub import main_card, main_push
 
         (main_card if argv[0] == "card" else main_push)(argv[1:])
         return
     if argv[:2] == ["bench", "quality"]:
-        from .quality import main as quality_main
+        from nat_hf.quality import main as quality_main
 
         quality_main(argv[2:])
         return

@@ -263,6 +263,32 @@ def render_quality(entry: dict) -> list[str]:
     return lines + [""]
 
 
+def plot_frontier(speed: dict, quality: dict, split: str) -> bool:
+    """BLEU against batch-1 latency, one point per system measured in both records."""
+    points = [(label, speed["data"]["systems"][label]["latency_ms"]["median"], entry["splits"][split]["bleu"])
+              for label, entry in quality["data"]["systems"].items()
+              if label in speed["data"]["systems"] and split in entry["splits"]]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for label, latency, bleu in points:
+        axis.scatter(latency, bleu)
+        axis.annotate(label, (latency, bleu), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.set_xscale("log")
+    axis.set_xlabel("latency at batch 1, median (ms)")
+    axis.set_ylabel(f"sacreBLEU ({split})")
+    axis.set_title(f"quality/speed frontier: {speed['name']} x {quality['name']}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(RECORDS / "frontier.png", dpi=100)
+    plt.close(figure)
+    return True
+
+
 def render() -> None:
     entries = [json.loads(path.read_text()) for path in sorted(RECORDS.glob("*.json"))]
     lines = ["# Results", "",
@@ -278,6 +304,11 @@ def render() -> None:
             lines += [f"## {title}", ""]
             for entry in chosen:
                 lines += renderer(entry)
+    speeds = [entry for entry in entries if entry["kind"] == "speed"]
+    qualities = [entry for entry in entries if entry["kind"] == "quality"]
+    if speeds and qualities and plot_frontier(speeds[-1], qualities[-1], "test_2016_flickr"):
+        lines += ["## Quality against speed", "", f"Systems of `{speeds[-1]['name']}` and `{qualities[-1]['name']}`:",
+                  "", "![BLEU vs latency](records/frontier.png)", ""]
     RESULTS_MD.write_text("\n".join(lines))
 
 

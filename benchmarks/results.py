@@ -14,32 +14,15 @@ RESULTS.md from every record.
 import argparse
 import datetime
 import json
-import os
-import platform
-import subprocess
 from pathlib import Path
 
-import torch
 import yaml
+
+from nat_hf.bench import machine  # CPU, threads, torch version, commit, date: one definition
 
 HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "records"
 RESULTS_MD = HERE / "RESULTS.md"
-
-
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
-
-
-def git_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=HERE).stdout.strip()
 
 
 def curve(log: list[dict]) -> list[dict]:
@@ -89,9 +72,9 @@ def record(run_dir: Path, name: str, command: str, commit: str | None) -> Path:
         "name": name,
         "kind": "training",
         "command": command,
-        "commit": commit or git_commit(),
+        "commit": commit or machine(config["run"]["threads"])["commit"],
         "date": datetime.datetime.fromtimestamp(finished, datetime.UTC).strftime("%Y-%m-%d"),
-        "machine": {**machine(), "torch_threads": config["run"]["threads"]},
+        "machine": machine(config["run"]["threads"]),
         "wall_minutes": round((finished - started) / 60, 1),
         "config": config,
         "results": results,

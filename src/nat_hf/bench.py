@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .decoding import length_candidates
+
 
 @dataclass
 class System:
@@ -102,9 +104,9 @@ class Translator:
         mask = batch["attention_mask"].bool()
         hidden = model.model.encode(batch["input_ids"], mask)
         length_logits = model.model.predict_length(hidden, mask)
-        offset = model.config.max_length_offset if model.config.length_prediction_mode == "offset" else 0
-        base = mask.sum(-1) if model.config.length_prediction_mode == "offset" else 0
-        lengths = (base + length_logits.argmax(-1) - offset).clamp(min=1)
+        empty = torch.zeros(mask.shape[0], dtype=torch.bool)
+        lengths = length_candidates(length_logits, mask.sum(-1), empty, model.config, 1,
+                                    model.config.max_target_positions).squeeze(-1)
         target_len = int(lengths.max())
         target_mask = torch.arange(target_len)[None, :] < lengths[:, None]
         context = model.model.make_context(batch["input_ids"], mask, hidden)

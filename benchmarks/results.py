@@ -1,7 +1,7 @@
 """Keep `benchmarks/RESULTS.md` generated, never hand-edited.
 
     python benchmarks/results.py record RUN_DIR --name NAME --command "THE EXACT COMMAND" [--commit SHA]
-    python benchmarks/results.py record-bench BENCH.json --name NAME --command "THE EXACT COMMAND"
+    python benchmarks/results.py record-bench BENCH.json --name NAME --command "THE EXACT COMMAND" [--gap-to LABEL]
     python benchmarks/results.py render
 
 `record` turns a finished training run (its `log.jsonl`, `results.json`, `train_config.yaml`) into
@@ -23,6 +23,7 @@ from nat_hf.bench import machine  # CPU, threads, torch version, commit, date: o
 HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "records"
 RESULTS_MD = HERE / "RESULTS.md"
+FRONTIER_SPLIT = "test_2016_flickr"
 
 
 def curve(log: list[dict]) -> list[dict]:
@@ -136,11 +137,18 @@ def render_training(entry: dict) -> list[str]:
     return lines + [""]
 
 
-def record_bench(path: Path, name: str, command: str) -> Path:
+def record_bench(path: Path, name: str, command: str, gap_to: list[str] | None = None) -> Path:
+    """Store a bench JSON as a record; `gap_to` names quality systems (e.g. the AR teacher) that every other
+    system's BLEU is compared with, in extra columns of the quality table."""
     data = json.loads(path.read_text())
     kind = "speed" if any("latency_ms" in entry for entry in data["systems"].values()) else "quality"
+    unknown = [label for label in gap_to or [] if label not in data["systems"]]
+    if kind != "quality" and gap_to:
+        raise ValueError("--gap-to only applies to a quality benchmark")
+    if unknown:
+        raise ValueError(f"--gap-to names systems not in {path}: {unknown}; it has {sorted(data['systems'])}")
     entry = {"name": name, "kind": kind, "command": command, "commit": data["machine"]["commit"],
-             "date": data["machine"]["date"], "machine": data["machine"], "data": data}
+             "date": data["machine"]["date"], "machine": data["machine"], "data": data, "gap_to": gap_to or []}
     if kind == "quality":  # keep the scores, not the hypotheses
         for system in data["systems"].values():
             for scores in system["splits"].values():
@@ -232,15 +240,18 @@ def render_speed(entry: dict) -> list[str]:
 
 
 def render_quality(entry: dict) -> list[str]:
-    data = entry["data"]
+    data, gap_to = entry["data"], entry.get("gap_to", [])
     lines = [f"### {entry['name']}", "", f"- command: `{entry['command']}`",
              f"- commit `{entry['commit']}`, {entry['date']}, batch {data['batch_size']}", "",
-             "| system | split | BLEU | chrF | repeated tokens (reference) | length error (relative) | "
-             "BLEU by source length |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| system | split | BLEU | " + "".join(f"BLEU gap to {label} | " for label in gap_to)
+             + "chrF | repeated tokens (reference) | length error (relative) | BLEU by source length |",
+             "| --- | --- | --- | " + "--- | " * len(gap_to) + "--- | --- | --- | --- |"]
     for label, system in data["systems"].items():
         for split, scores in system["splits"].items():
             buckets = ", ".join(f"{name}: {bucket['bleu']}" for name, bucket in scores["bleu_by_source_length"].items())
-            lines.append(f"| {label} | {split} | {scores['bleu']} | {scores['chrf']} | "
+            gaps = "".join(f"{scores['bleu'] - data['systems'][other]['splits'][split]['bleu']:+.2f} | "
+                           for other in gap_to)
+            lines.append(f"| {label} | {split} | {scores['bleu']} | {gaps}{scores['chrf']} | "
                          f"{scores['repeated_token_share']:.2%} ({scores['reference_repeated_token_share']:.2%}) | "
                          f"{scores['length_error_relative_mean']:+.2%} | {buckets} |")
     return lines + [""]
@@ -289,9 +300,12 @@ def render() -> None:
                 lines += renderer(entry)
     speeds = [entry for entry in entries if entry["kind"] == "speed"]
     qualities = [entry for entry in entries if entry["kind"] == "quality"]
-    if speeds and qualities and plot_frontier(speeds[-1], qualities[-1], "test_2016_flickr"):
-        lines += ["## Quality against speed", "", f"Systems of `{speeds[-1]['name']}` and `{qualities[-1]['name']}`:",
-                  "", "![BLEU vs latency](records/frontier.png)", ""]
+    if speeds and qualities:  # the latest speed record, with the quality record that shares most of its systems
+        speed = speeds[-1]
+        quality = max(qualities, key=lambda entry: len(set(entry["data"]["systems"]) & set(speed["data"]["systems"])))
+        if plot_frontier(speed, quality, FRONTIER_SPLIT):
+            lines += ["## Quality against speed", "", f"Systems of `{speed['name']}` and `{quality['name']}` "
+                      f"({FRONTIER_SPLIT}):", "", "![BLEU vs latency](records/frontier.png)", ""]
     RESULTS_MD.write_text("\n".join(lines))
 
 
@@ -307,12 +321,14 @@ def main() -> None:
     bench_parser.add_argument("bench_json", type=Path)
     bench_parser.add_argument("--name", required=True)
     bench_parser.add_argument("--command", dest="run_command", required=True)
+    bench_parser.add_argument("--gap-to", action="append", metavar="LABEL",
+                              help="quality only: add a column with each system's BLEU minus this system's")
     commands.add_parser("render")
     args = parser.parse_args()
     if args.command == "record":
         print(record(args.run_dir, args.name, args.run_command, args.commit))
     elif args.command == "record-bench":
-        print(record_bench(args.bench_json, args.name, args.run_command))
+        print(record_bench(args.bench_json, args.name, args.run_command, args.gap_to))
     render()
 
 

@@ -66,12 +66,32 @@ def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_syst
 
     assert repeated_token_share([["a", "a", "b"], ["c", "c", "c", "d"]]) == 3 / 7
     output = tmp_path / "quality.json"
-    quality_main(["--system", f"nat={tmp_path / 'nat'}:num_iterations=2,length_beam=2", "--data-dir",
+    quality_main(["--system", f"nat={tmp_path / 'nat'}:num_iterations=2,length_beam=2",
+                  "--system", f"ar={tmp_path / 'ar'}:num_beams=2,max_new_tokens=10", "--data-dir",
                   str(toy_corpus), "--splits", "val", "--threads", "1", "--output", str(output)])
-    scores = json.loads(output.read_text())["systems"]["nat"]["splits"]["val"]
+    systems = json.loads(output.read_text())["systems"]
+    scores = systems["nat"]["splits"]["val"]
     assert scores["sentences"] == 40 and len(scores["hypotheses"]) == 40
     assert 0 <= scores["repeated_token_share"] <= 1 and "length_error_relative_mean" in scores
     assert sum(bucket["sentences"] for bucket in scores["bleu_by_source_length"].values()) == 40
+
+    # RESULTS.md: the quality table with a BLEU-gap column, and the frontier plot once a speed record shares systems
+    results = load_results_script(tmp_path)
+    with pytest.raises(ValueError, match="not in"):
+        results.record_bench(output, "tiny-quality", "nat-hf bench quality ...", gap_to=["teacher"])
+    results.record_bench(output, "tiny-quality", "nat-hf bench quality ...", gap_to=["ar"])
+    results.FRONTIER_SPLIT = "val"
+    speed = tmp_path / "speed.json"
+    main(["--system", f"nat={tmp_path / 'nat'}:num_iterations=2,length_beam=2", "--system",
+          f"ar={tmp_path / 'ar'}:num_beams=2,max_new_tokens=10", "--source", str(toy_corpus / "val.en"),
+          "--sentences", "3", "--batch-sizes", "1", "--repeats", "1", "--threads", "1", "--output", str(speed)])
+    results.record_bench(speed, "tiny-speed", "nat-hf bench speed ...")
+    results.render()
+    text = results.RESULTS_MD.read_text()
+    gap = systems["nat"]["splits"]["val"]["bleu"] - systems["ar"]["splits"]["val"]["bleu"]
+    assert "| BLEU gap to ar |" in text and f"| nat | val | {scores['bleu']} | {gap:+.2f} |" in text
+    assert "| ar | val | " + f"{systems['ar']['splits']['val']['bleu']} | +0.00 |" in text
+    assert "![BLEU vs latency](records/frontier.png)" in text and (results.RECORDS / "frontier.png").is_file()
 
 
 def test_ctranslate2_conversion_translates_like_transformers(tmp_path, tiny_systems, toy_corpus):
@@ -91,13 +111,19 @@ def test_ctranslate2_conversion_translates_like_transformers(tmp_path, tiny_syst
     assert converted.generate_texts(sources, beam_size=1, max_decoding_length=12) == expected
 
 
-def render_results(tmp_path, speed_json):
-    """benchmarks/results.py turns the JSON into RESULTS.md tables and plots."""
+def load_results_script(tmp_path):
+    """benchmarks/results.py, writing its records and RESULTS.md under tmp_path."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "results.py"
     spec = importlib.util.spec_from_file_location("results_script", path)
     results = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(results)
     results.RECORDS, results.RESULTS_MD = tmp_path / "records", tmp_path / "RESULTS.md"
+    return results
+
+
+def render_results(tmp_path, speed_json):
+    """benchmarks/results.py turns the JSON into RESULTS.md tables and plots."""
+    results = load_results_script(tmp_path)
     results.record_bench(speed_json, "tiny-speed", "nat-hf bench speed ...")
     results.render()
     text = results.RESULTS_MD.read_text()

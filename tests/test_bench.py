@@ -130,3 +130,24 @@ def render_results(tmp_path, speed_json):
     assert "### tiny-speed" in text and "| ct2 |" in text and "overhead" in text and "Cost against output" in text
     assert (results.RECORDS / "tiny-speed-batch.png").is_file()
     assert (results.RECORDS / "tiny-speed-length.png").is_file()
+
+
+def test_ar_translation_is_not_cut_at_the_transformers_default_of_20_tokens(tiny_systems, toy_corpus):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from nat_hf.inference import translate_texts, with_output_length_cap
+
+    ar = AutoModelForSeq2SeqLM.from_pretrained(tiny_systems / "ar").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_systems / "ar")
+    assert with_output_length_cap(ar, {"num_beams": 1}) == {"num_beams": 1, "max_new_tokens": 63}
+    assert with_output_length_cap(ar, {"max_new_tokens": 5}) == {"max_new_tokens": 5}
+    nat = AutoModelForSeq2SeqLM.from_pretrained(tiny_systems / "nat")
+    assert with_output_length_cap(nat, {}) == {}
+    ar.final_logits_bias[0, tokenizer.eos_token_id] = -1e4  # a model that never ends: only the cap stops it
+    source = (toy_corpus / "val.en").read_text().splitlines()[0]
+    batch = tokenizer([source], return_tensors="pt")
+    capped = ar.generate(**batch, num_beams=1, max_new_tokens=63)
+    assert capped.shape[1] == 64  # decoder start + 63
+    assert translate_texts(ar, tokenizer, [source], num_beams=1) == tokenizer.batch_decode(capped,
+                                                                                          skip_special_tokens=True)
+    assert ar.generate(**batch, num_beams=1).shape[1] <= 21  # what transformers alone returns: cut at 20

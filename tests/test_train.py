@@ -257,8 +257,9 @@ def test_model_card_from_measured_results_and_push_dry_run(finished_run, capsys)
 
     _, output_dir, summary = finished_run
     best = output_dir / "best"
-    cli(["card", str(best), "--repo-id", "nat-hf/tiny-toy"])
+    cli(["card", str(best), "--repo-id", "nat-hf/tiny-toy", "--copy-to", str(output_dir / "card.md")])
     card = ModelCard.load(best / "README.md")
+    assert (output_dir / "card.md").read_text() == (best / "README.md").read_text()
     metadata = card.data.to_dict()
     assert metadata["language"] == ["en", "de"] and "non-autoregressive" in metadata["tags"]
     results = {entry["dataset"]["split"]: entry["metrics"][0]["value"]

@@ -64,7 +64,7 @@ class Translator:
     AR model converted to CTranslate2 instead of transformers."""
 
     def __init__(self, system: System, threads: int = 1):
-        from .inference import load_translator
+        from .inference import load_translator, with_output_length_cap
 
         self.system = system
         self.options = dict(system.options)
@@ -80,6 +80,7 @@ class Translator:
         if self.backend != "transformers":
             raise ValueError(f"backend must be transformers or ctranslate2, got {self.backend!r}")
         self.model, self.tokenizer = load_translator(system.path)
+        self.options = with_output_length_cap(self.model, self.options)
         self.is_nat = hasattr(self.model, "refine")
         self.model_class, self.parameters = type(self.model).__name__, self.model.num_parameters()
         config = self.model.config

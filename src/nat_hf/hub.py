@@ -61,8 +61,10 @@ def speed_rows(speed: dict | None) -> list[str]:
 
 
 def write_card(model_dir: Path, repo_id: str | None = None, results_path: Path | None = None,
-               speed_path: Path | None = None, quality_path: Path | None = None, license: str = "apache-2.0"):
-    """Write `model_dir/README.md` and return the `ModelCard`."""
+               speed_path: Path | None = None, quality_path: Path | None = None, license: str = "apache-2.0",
+               copy_to: Path | None = None):
+    """Write `model_dir/README.md` (and the same card to `copy_to`, e.g. under `model_cards/`); return the
+    `ModelCard`."""
     from huggingface_hub import ModelCard, ModelCardData
 
     model_dir = Path(model_dir)
@@ -102,6 +104,8 @@ def write_card(model_dir: Path, repo_id: str | None = None, results_path: Path |
         quality_table="\n".join(rows), speed_table="\n".join(speed_rows(speed)), sources=sources,
     )
     card.save(model_dir / "README.md")
+    if copy_to is not None:
+        card.save(copy_to)
     return card
 
 
@@ -139,8 +143,9 @@ def main_card(argv: list[str] | None = None) -> None:
     parser.add_argument("--speed", type=Path, help="nat-hf bench speed JSON")
     parser.add_argument("--quality", type=Path, help="nat-hf bench quality JSON")
     parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--copy-to", type=Path, help="also write the card here (e.g. model_cards/NAME.md)")
     args = parser.parse_args(argv)
-    write_card(args.model_dir, args.repo_id, args.results, args.speed, args.quality, args.license)
+    write_card(args.model_dir, args.repo_id, args.results, args.speed, args.quality, args.license, args.copy_to)
     print(args.model_dir / "README.md")
 
 

@@ -13,6 +13,23 @@ def load_translator(name_or_path: str | Path, device: str = "cpu"):
     return model, AutoTokenizer.from_pretrained(name_or_path)
 
 
+def with_output_length_cap(model, generate_kwargs: dict) -> dict:
+    """`generate_kwargs`, plus `max_new_tokens` for an autoregressive model when neither the call nor the model's
+    generation config caps the output: transformers would otherwise stop at its model-agnostic `max_length=20`
+    and silently cut longer translations. The cap is the longest output the model's positions allow; decoding
+    still ends at end-of-sentence. NAT models (which have `refine`) cap their lengths themselves."""
+    from transformers import GenerationConfig
+
+    generation_config = model.generation_config
+    if (hasattr(model, "refine") or "max_new_tokens" in generate_kwargs or "max_length" in generate_kwargs
+            or generation_config.max_new_tokens is not None
+            or generation_config.max_length != GenerationConfig().max_length):
+        return generate_kwargs
+    config = model.config
+    positions = getattr(config, "max_target_positions", None) or config.max_position_embeddings
+    return {**generate_kwargs, "max_new_tokens": positions - 1}  # the decoder start token takes one position
+
+
 @torch.no_grad()
 def translate_texts(model, tokenizer, sources: list[str], batch_size: int = 50, truncation: bool = False,
                     **generate_kwargs) -> list[str]:
@@ -26,6 +43,7 @@ def translate_texts(model, tokenizer, sources: list[str], batch_size: int = 50, 
     order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
     translations = [""] * len(sources)
     device = next(model.parameters()).device
+    generate_kwargs = with_output_length_cap(model, generate_kwargs)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         limit = {"truncation": True, "max_length": max_length} if truncation and max_length else {}

@@ -182,15 +182,16 @@ def plot_speed(data: dict, name: str) -> None:
     figure.savefig(RECORDS / f"{name}-batch.png", dpi=100)
     plt.close(figure)
     length_cost = data.get("length_cost")
-    if length_cost and data.get("baseline") in length_cost["latency_ms"]:
-        base = length_cost["latency_ms"][data["baseline"]]
+    baseline = (data.get("baselines") or [None])[0]
+    if length_cost and baseline in length_cost["latency_ms"]:
+        base = length_cost["latency_ms"][baseline]
         figure, axis = plt.subplots(figsize=(7, 4))
         for label, values in length_cost["latency_ms"].items():
             lengths = [int(n) for n in values]
             axis.plot(lengths, [base[str(n)] / values[str(n)] for n in lengths], marker="o", label=label)
         axis.set_xscale("log", base=2)
         axis.set_xlabel("output length (tokens)")
-        axis.set_ylabel(f"speed-up over {data['baseline']} (batch 1)")
+        axis.set_ylabel(f"speed-up over {baseline} (batch 1)")
         axis.legend(fontsize=7)
         figure.tight_layout()
         figure.savefig(RECORDS / f"{name}-length.png", dpi=100)
@@ -200,24 +201,26 @@ def plot_speed(data: dict, name: str) -> None:
 def render_speed(entry: dict) -> list[str]:
     data, machine_info = entry["data"], entry["machine"]
     sizes = [str(size) for size in data["batch_sizes"]]
-    baseline = data.get("baseline")
+    baselines = data.get("baselines", [])
     lines = [f"### {entry['name']}", "", f"- command: `{entry['command']}`",
              f"- commit `{entry['commit']}`, {entry['date']}, on {machine_info['cpu']} ({machine_info['logical_cpus']}"
              f" logical CPUs, torch {machine_info['torch']}, {machine_info['torch_threads']} threads); "
-             f"{data['sentences']} sentences, median of {data['repeats']} interleaved repeats", "",
+             f"{data['sentences']} sentences, latency: median over the sentences one at a time; throughput: "
+             f"median of {data['repeats']} interleaved repeats", "",
              "| system | latency batch 1 median (ms) | p90 (ms) | "
-             + " | ".join(f"sent/s batch {size}" for size in sizes)
-             + (f" | speed-up vs {baseline}: latency | " + " | ".join(f"batch {size}" for size in sizes)
-                if baseline else "") + " |",
-             "| --- | --- | --- | " + " | ".join("---" for _ in sizes)
-             + (" | --- | " + " | ".join("---" for _ in sizes) if baseline else "") + " |"]
+             + " | ".join(f"sent/s batch {size}" for size in sizes) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in sizes) + " |"]
     for label, system in data["systems"].items():
-        row = (f"| {label} | {system['latency_ms']['median']} | {system['latency_ms']['p90']} | "
-               + " | ".join(str(system["throughput_sentences_per_second"][size]) for size in sizes))
-        if baseline:
-            row += (f" | {system['latency_speedup_vs_baseline']}x | "
-                    + " | ".join(f"{system['throughput_speedup_vs_baseline'][size]}x" for size in sizes))
-        lines.append(row + " |")
+        lines.append(f"| {label} | {system['latency_ms']['median']} | {system['latency_ms']['p90']} | "
+                     + " | ".join(str(system["throughput_sentences_per_second"][size]) for size in sizes) + " |")
+    for baseline in baselines:  # ratios of the numbers above, one table per baseline
+        lines += ["", f"Speed-up against `{baseline}` (its time / the system's time, > 1 is faster):", "",
+                  "| system | latency batch 1 | " + " | ".join(f"throughput batch {size}" for size in sizes) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in sizes) + " |"]
+        for label, system in data["systems"].items():
+            speedup = system["speedup"][baseline]
+            lines.append(f"| {label} | {speedup['latency']}x | "
+                         + " | ".join(f"{speedup['throughput'][size]}x" for size in sizes) + " |")
     overhead = [(label, system) for label, system in data["systems"].items() if "raw_forward_ms" in system]
     if overhead:
         lines += ["", "`generate` against its raw forward passes (batch 1; one encoder pass + one decoder pass):", "",

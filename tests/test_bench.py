@@ -46,7 +46,8 @@ def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpu
           "--system", f"ar-greedy={tmp_path / 'ar'}:num_beams=1,max_new_tokens=10",
           "--system", f"ct2={tmp_path / 'ar'}:backend=ctranslate2,beam_size=1,max_decoding_length=10",
           "--source", str(toy_corpus / "val.en"), "--sentences", "6", "--batch-sizes", "1,3", "--repeats", "2",
-          "--threads", "1", "--baseline", "ar-greedy", "--lengths", "4,12", "--output", str(output)])
+          "--threads", "1", "--baseline", "ar-greedy", "--baseline", "ct2", "--lengths", "4,12",
+          "--output", str(output)])
     results = json.loads(output.read_text())
     assert results["machine"]["torch_threads"] == 1 and results["sentences"] == 6
     render_results(tmp_path, output)
@@ -55,7 +56,11 @@ def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpu
         assert entry["latency_ms"]["median"] > 0 and entry["latency_ms"]["p90"] >= entry["latency_ms"]["median"]
         assert set(entry["throughput_sentences_per_second"]) == {"1", "3"}
         assert ("raw_forward_ms" in entry) == label.startswith("nat")
-    assert results["systems"]["ar-greedy"]["latency_speedup_vs_baseline"] == 1.0
+    assert results["baselines"] == ["ar-greedy", "ct2"]
+    assert results["systems"]["ar-greedy"]["speedup"]["ar-greedy"] == {"latency": 1.0,
+                                                                      "throughput": {"1": 1.0, "3": 1.0}}
+    nat, ct2 = results["systems"]["nat-1pass"], results["systems"]["ct2"]
+    assert nat["speedup"]["ct2"]["latency"] == round(ct2["latency_ms"]["median"] / nat["latency_ms"]["median"], 2)
     assert set(results["length_cost"]["latency_ms"]["nat-mp4"]) == {"4", "12"}
     assert all(value > 0 for value in results["length_cost"]["latency_ms"]["ar-greedy"].values())
 
@@ -128,6 +133,7 @@ def render_results(tmp_path, speed_json):
     results.render()
     text = results.RESULTS_MD.read_text()
     assert "### tiny-speed" in text and "| ct2 |" in text and "overhead" in text and "Cost against output" in text
+    assert "Speed-up against `ar-greedy`" in text and "Speed-up against `ct2`" in text
     assert (results.RECORDS / "tiny-speed-batch.png").is_file()
     assert (results.RECORDS / "tiny-speed-length.png").is_file()
 

@@ -6,8 +6,8 @@ A system is a saved model (NAT or AR, directory or repo id) with its decoding op
 Measured per system: latency at batch 1 (median and p90 over the sentences, one sentence at a time, the systems
 taking turns on each sentence), throughput in sentences per second at each batch size (median of repeats, the
 systems taking turns), and for NAT systems the raw forward passes (one encoder pass + one decoder pass on the
-predicted length) against one-pass `generate`, which shows the overhead of `generate`. Ratios are against the
-`--baseline` system. The machine is shared and noisy: report medians, and never compare numbers across runs.
+predicted length) against one-pass `generate`, which shows the overhead of `generate`. Speed-ups are against each
+`--baseline` system (repeat the option for several). The machine is shared and noisy: report medians, and never compare numbers across runs.
 """
 
 import argparse
@@ -139,14 +139,16 @@ def machine(threads: int) -> dict:
 
 
 def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: list[int], threads: int,
-                    repeats: int = 3, baseline: str | None = None, warmup: int = 3) -> dict:
-    """Measure every system on `sentences`; see the module docstring."""
+                    repeats: int = 3, baselines: list[str] = (), warmup: int = 3) -> dict:
+    """Measure every system on `sentences`; see the module docstring. Speed-ups are given against each of
+    `baselines` (labels of systems)."""
     if not systems:
         raise ValueError("give at least one system")
     if len({system.label for system in systems}) != len(systems):
         raise ValueError("system labels must be unique")
-    if baseline is not None and baseline not in {system.label for system in systems}:
-        raise ValueError(f"baseline {baseline!r} is not one of the systems")
+    unknown = [label for label in baselines if label not in {system.label for system in systems}]
+    if unknown:
+        raise ValueError(f"baseline(s) {unknown} are not among the systems")
     torch.set_num_threads(threads)
     translators = [Translator(system, threads) for system in systems]
     for translator in translators:  # first calls allocate; do not time them
@@ -175,7 +177,7 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
             throughput[label][str(batch_size)] = round(statistics.median(values), 2)
 
     results = {"machine": machine(threads), "sentences": len(sentences), "repeats": repeats,
-               "batch_sizes": batch_sizes, "baseline": baseline, "systems": {}}
+               "batch_sizes": batch_sizes, "baselines": list(baselines), "systems": {}}
     for translator in translators:
         label = translator.system.label
         entry = {
@@ -188,14 +190,15 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
         if label in raw:
             entry["raw_forward_ms"] = round(1000 * statistics.median(raw[label]), 2)
         results["systems"][label] = entry
-    if baseline is not None:
-        base = results["systems"][baseline]
-        for entry in results["systems"].values():
-            entry["latency_speedup_vs_baseline"] = round(base["latency_ms"]["median"] / entry["latency_ms"]["median"],
-                                                         2)
-            entry["throughput_speedup_vs_baseline"] = {
-                size: round(value / base["throughput_sentences_per_second"][size], 2)
-                for size, value in entry["throughput_sentences_per_second"].items()}
+    for entry in results["systems"].values():
+        entry["speedup"] = {}
+        for baseline in baselines:
+            base = results["systems"][baseline]
+            entry["speedup"][baseline] = {
+                "latency": round(base["latency_ms"]["median"] / entry["latency_ms"]["median"], 2),
+                "throughput": {size: round(value / base["throughput_sentences_per_second"][size], 2)
+                               for size, value in entry["throughput_sentences_per_second"].items()},
+            }
     return results
 
 
@@ -261,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-sizes", default="1,64", help="comma-separated throughput batch sizes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, required=True, help="torch CPU threads (state it: no default)")
-    parser.add_argument("--baseline", help="label of the system the ratios are against")
+    parser.add_argument("--baseline", action="append", default=[],
+                        help="label of a system the speed-ups are against; repeat for several")
     parser.add_argument("--output", type=Path, help="write the JSON here (it is printed too)")
     parser.add_argument("--lengths", help="also time batch-1 decoding of synthetic outputs of these lengths, "
                         "e.g. 8,16,32,64,128 (the cost-vs-length table)")

@@ -7,7 +7,8 @@ Measured per system: latency at batch 1 (median and p90 over the sentences, one 
 taking turns on each sentence), throughput in sentences per second at each batch size (median of repeats, the
 systems taking turns), and for NAT systems the raw forward passes (one encoder pass + one decoder pass on the
 predicted length) against one-pass `generate`, which shows the overhead of `generate`. Speed-ups are against each
-`--baseline` system (repeat the option for several). The machine is shared and noisy: report medians, and never compare numbers across runs.
+`--baseline` system (repeat the option for several). The machine is shared and noisy: report medians, and never
+compare numbers across runs.
 """
 
 import argparse

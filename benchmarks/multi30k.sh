@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Every Multi30k En->De figure of benchmarks/RESULTS.md, one stage at a time:
+#
+#   benchmarks/multi30k.sh ablation   # issue 5: three NAT arms (2000 updates each, side by side) + teacher
+#   benchmarks/multi30k.sh baselines  # deep-encoder/shallow-decoder AR (80 min of training)
+#   benchmarks/multi30k.sh speed      # speed, generate overhead, cost vs length (needs an idle machine)
+#   benchmarks/multi30k.sh quality    # quality and failure modes of every system of the speed run
+#
+# Each stage records its results (benchmarks/results.py) and re-renders RESULTS.md. Data and the teacher come
+# from ../shared (override with NAT_HF_DATA_DIR / NAT_HF_TEACHER). Run from the repository root.
+set -euo pipefail
+
+export NAT_HF_DATA_DIR=${NAT_HF_DATA_DIR:-../shared/data/multi30k}
+export NAT_HF_TEACHER=${NAT_HF_TEACHER:-../shared/models/ar-teacher-multi30k-en-de}
+THREADS=${THREADS:-2}
+NAT=${NAT:-runs/multi30k_cmlm_distill_arinit/best}  # the NAT model of the speed/quality comparison
+DEEP_SHALLOW=runs/multi30k_ar_deep_shallow/best
+TEST=$NAT_HF_DATA_DIR/test_2016_flickr
+mkdir -p runs/bench
+
+train_and_record() {  # CONFIG NAME
+  nat-hf train "training/configs/$1.yaml"
+  python benchmarks/results.py record "runs/$1" --name "$2" \
+    --command "NAT_HF_DATA_DIR=$NAT_HF_DATA_DIR NAT_HF_TEACHER=$NAT_HF_TEACHER nat-hf train training/configs/$1.yaml"
+}
+
+nat_systems() {  # one-pass and Mask-Predict 2/4/10 iterations x length beam 1/3/5
+  echo "--system nat-1pass=$NAT:num_iterations=1,length_beam=1"
+  for iterations in 2 4 10; do
+    for beam in 1 3 5; do
+      echo "--system mp${iterations}-lb${beam}=$NAT:num_iterations=$iterations,length_beam=$beam"
+    done
+  done
+}
+
+ar_systems() {  # same-size AR (the teacher: Marian 3+3, d_model 256) and the deep-shallow AR, by transformers
+  echo "--system ar-greedy=$NAT_HF_TEACHER:num_beams=1 --system ar-beam4=$NAT_HF_TEACHER:num_beams=4"
+  echo "--system ar-deep-shallow-greedy=$DEEP_SHALLOW:num_beams=1"
+}
+
+ct2_systems() {  # the same-size AR run by CTranslate2 (speed only: fp32 output equals transformers greedy)
+  echo "--system ct2-fp32-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=default,beam_size=1"
+  echo "--system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1"
+}
+
+case ${1:-} in
+  ablation)
+    # one thread each, side by side on the 2 cores: same updates for every arm, whatever the contention
+    train_and_record multi30k_cmlm_raw_teachervocab ablation-1-cmlm-raw &
+    train_and_record multi30k_cmlm_distill ablation-2-cmlm-distill &
+    train_and_record multi30k_cmlm_distill_arinit ablation-3-cmlm-distill-arinit &
+    wait
+    command="nat-hf bench quality --system teacher-greedy=$NAT_HF_TEACHER:num_beams=1 \
+--system teacher-beam4=$NAT_HF_TEACHER:num_beams=4 \
+--system mp-raw=runs/multi30k_cmlm_raw_teachervocab/best:num_iterations=10,length_beam=5 \
+--system mp-distill=runs/multi30k_cmlm_distill/best:num_iterations=10,length_beam=5 \
+--system mp-distill-arinit=runs/multi30k_cmlm_distill_arinit/best:num_iterations=10,length_beam=5 \
+--data-dir $NAT_HF_DATA_DIR --splits test_2016_flickr --threads $THREADS --output runs/bench/ablation.json"
+    $command
+    python benchmarks/results.py record-bench runs/bench/ablation.json --name ablation-quality --command "$command" \
+      --gap-to teacher-greedy --gap-to teacher-beam4
+    ;;
+  baselines)
+    train_and_record multi30k_ar_deep_shallow ar-deep-shallow
+    ;;
+  speed)
+    command="nat-hf bench speed $(nat_systems) $(ar_systems) $(ct2_systems) --source $TEST.en --sentences 100 \
+--batch-sizes 1,64 --repeats 3 --threads $THREADS --baseline ar-greedy --baseline ar-deep-shallow-greedy \
+--lengths 8,16,32,64,127 --output runs/bench/speed.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/speed.json --name speed --command "$command"
+    ;;
+  quality)
+    command="nat-hf bench quality $(nat_systems) $(ar_systems) --data-dir $NAT_HF_DATA_DIR \
+--splits val test_2016_flickr --threads $THREADS --output runs/bench/quality.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/quality.json --name quality --command "$command"
+    ;;
+  *)
+    echo "usage: $0 ablation|baselines|speed|quality" >&2
+    exit 2
+    ;;
+esac

@@ -16,6 +16,9 @@ THREADS=${THREADS:-2}
 NAT=${NAT:-runs/multi30k_cmlm_distill_arinit/best}  # the NAT model of the speed/quality comparison
 DEEP_SHALLOW=runs/multi30k_ar_deep_shallow/best
 TEST=$NAT_HF_DATA_DIR/test_2016_flickr
+# AR output cap = the NAT models' longest output (max_target_positions 128), as in the teacher's eval.json and in
+# distillation: a rare looping AR hypothesis then costs the same here as there (test sentence 315 loops).
+AR_MAX=128
 mkdir -p runs/bench
 
 train_and_record() {  # CONFIG NAME
@@ -34,13 +37,14 @@ nat_systems() {  # one-pass and Mask-Predict 2/4/10 iterations x length beam 1/3
 }
 
 ar_systems() {  # same-size AR (the teacher: Marian 3+3, d_model 256) and the deep-shallow AR, by transformers
-  echo "--system ar-greedy=$NAT_HF_TEACHER:num_beams=1 --system ar-beam4=$NAT_HF_TEACHER:num_beams=4"
-  echo "--system ar-deep-shallow-greedy=$DEEP_SHALLOW:num_beams=1"
+  echo "--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX"
+  echo "--system ar-beam4=$NAT_HF_TEACHER:num_beams=4,max_new_tokens=$AR_MAX"
+  echo "--system ar-deep-shallow-greedy=$DEEP_SHALLOW:num_beams=1,max_new_tokens=$AR_MAX"
 }
 
 ct2_systems() {  # the same-size AR run by CTranslate2 (speed only: fp32 output equals transformers greedy)
-  echo "--system ct2-fp32-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=default,beam_size=1"
-  echo "--system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1"
+  echo "--system ct2-fp32-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=default,beam_size=1,max_decoding_length=$AR_MAX"
+  echo "--system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1,max_decoding_length=$AR_MAX"
 }
 
 case ${1:-} in
@@ -50,8 +54,8 @@ case ${1:-} in
     train_and_record multi30k_cmlm_distill ablation-2-cmlm-distill &
     train_and_record multi30k_cmlm_distill_arinit ablation-3-cmlm-distill-arinit &
     wait
-    command="nat-hf bench quality --system teacher-greedy=$NAT_HF_TEACHER:num_beams=1 \
---system teacher-beam4=$NAT_HF_TEACHER:num_beams=4 \
+    command="nat-hf bench quality --system teacher-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
+--system teacher-beam4=$NAT_HF_TEACHER:num_beams=4,max_new_tokens=$AR_MAX \
 --system mp-raw=runs/multi30k_cmlm_raw_teachervocab/best:num_iterations=10,length_beam=5 \
 --system mp-distill=runs/multi30k_cmlm_distill/best:num_iterations=10,length_beam=5 \
 --system mp-distill-arinit=runs/multi30k_cmlm_distill_arinit/best:num_iterations=10,length_beam=5 \

@@ -80,6 +80,14 @@ def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_syst
     assert 0 <= scores["repeated_token_share"] <= 1 and "length_error_relative_mean" in scores
     assert sum(bucket["sentences"] for bucket in scores["bleu_by_source_length"].values()) == 40
 
+    # the model card keeps the other systems of the run as named comparisons
+    from nat_hf.hub import write_card
+
+    card = write_card(tmp_path / "nat", quality_path=output).text
+    assert f"| this model (nat) | val | {scores['bleu']:.2f} |" in card
+    assert f"| ar (`{tmp_path / 'ar'}`) | val | {systems['ar']['splits']['val']['bleu']:.2f} |" in card
+    assert "num_beams=2, max_new_tokens=10" in card
+
     # RESULTS.md: the quality table with a BLEU-gap column, and the frontier plot once a speed record shares systems
     results = load_results_script(tmp_path)
     with pytest.raises(ValueError, match="not in"):

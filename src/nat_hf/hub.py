@@ -22,24 +22,34 @@ def load_json(path: Path | None) -> dict | None:
     return json.loads(Path(path).read_text()) if path else None
 
 
-def quality_rows(results: dict | None, quality: dict | None) -> tuple[list[str], list]:
-    """Markdown rows and model-index `EvalResult`s."""
+def describe_options(options: dict) -> str:
+    return ", ".join(f"{name}={value}" for name, value in options.items()) or "defaults"
+
+
+def quality_rows(results: dict | None, quality: dict | None, model_dir: Path) -> tuple[list[str], list]:
+    """Markdown rows and model-index `EvalResult`s. Rows of a `bench quality` JSON that measured another model
+    (e.g. the AR teacher) are kept as comparisons, named by their label and model."""
     from huggingface_hub import EvalResult
 
-    rows, evals = ["| split | BLEU | chrF | decoding |", "| --- | --- | --- | --- |"], []
+    rows = ["| system | split | BLEU | chrF | decoding |", "| --- | --- | --- | --- | --- |"]
+    evals = []
     if results:
-        decoding = f"{results.get('num_iterations')} iterations, length beam {results.get('length_beam')}"
+        decoding = f"num_iterations={results.get('num_iterations')}, length_beam={results.get('length_beam')}"
         splits = [key.removesuffix("_bleu") for key in results
                   if key.endswith("_bleu") and key != "best_valid_bleu" and not key.startswith("averaged_")]
         for split in splits:
-            rows.append(f"| {split} | {results[split + '_bleu']:.2f} | {results[split + '_chrf']:.2f} | {decoding} |")
+            rows.append(f"| this model | {split} | {results[split + '_bleu']:.2f} | {results[split + '_chrf']:.2f} | "
+                        f"{decoding} |")
             evals.append(EvalResult(task_type="translation", dataset_type="multi30k", dataset_name=f"Multi30k {split}",
                                     dataset_split=split, metric_type="bleu", metric_name="sacreBLEU",
                                     metric_value=round(results[split + "_bleu"], 2)))
     if quality:
         for label, entry in quality["systems"].items():
+            this_model = Path(entry["model"]).resolve() == Path(model_dir).resolve()
+            name = f"this model ({label})" if this_model else f"{label} (`{entry['model']}`)"
             for split, scores in entry["splits"].items():
-                rows.append(f"| {split} ({label}) | {scores['bleu']:.2f} | {scores['chrf']:.2f} | {entry['options']} |")
+                rows.append(f"| {name} | {split} | {scores['bleu']:.2f} | {scores['chrf']:.2f} | "
+                            f"{describe_options(entry['options'])} |")
     return rows, evals
 
 
@@ -77,7 +87,7 @@ def write_card(model_dir: Path, repo_id: str | None = None, results_path: Path |
     results, speed, quality = load_json(results_path), load_json(speed_path), load_json(quality_path)
     data = (train_config or {}).get("data", {})
     source_lang, target_lang = data.get("source_lang", "en"), data.get("target_lang", "de")
-    rows, evals = quality_rows(results, quality)
+    rows, evals = quality_rows(results, quality, model_dir)
     card_data = ModelCardData(
         language=[source_lang, target_lang], license=license, library_name="transformers",
         pipeline_tag="translation", tags=["translation", "non-autoregressive", "nat-hf", config["objective"]],
@@ -89,9 +99,13 @@ def write_card(model_dir: Path, repo_id: str | None = None, results_path: Path |
         parameters = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
     training = "Not recorded."
     if results:
+        init_from_ar = (train_config or {}).get("model", {}).get("init_from_ar")
         training = (f"{results['steps']} steps ({results['train_seconds'] / 60:.0f} minutes of training) on "
-                    f"`{data.get('data_dir') or data.get('dataset_name')}`; best checkpoint at step "
-                    f"{results['best_step']} by validation BLEU. Full config: `train_config.yaml`.")
+                    f"`{data.get('data_dir') or data.get('dataset_name')}`"
+                    + (f", starting from the weights of the autoregressive model `{init_from_ar}`" if init_from_ar
+                       else "")
+                    + f"; best checkpoint at step {results['best_step']} by validation BLEU. Full config: "
+                    "`train_config.yaml`.")
     sources = ", ".join(str(p) for p in (results_path, speed_path, quality_path) if p) or "none"
     card = ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=repo_id or model_dir.name, repo_id=repo_id or str(model_dir),

@@ -34,9 +34,9 @@ def test_mask_predict_remasks_the_scheduled_number_of_lowest_probability_tokens(
     recorded = []
     real_refine = tiny_model.refine
 
-    def recording_refine(state, remask, *args):
+    def recording_refine(state, remask, *args, **kwargs):
         recorded.append((state.scores.clone(), remask.clone()))
-        return real_refine(state, remask, *args)
+        return real_refine(state, remask, *args, **kwargs)
 
     tiny_model.refine = recording_refine
     input_ids = torch.tensor([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0], [11, 1, 0, 0, 0]])

@@ -148,6 +148,18 @@ def test_one_pass_equals_one_iteration(tiny_model, source_batch):
     assert decoder_calls[0] == 1
 
 
+@pytest.mark.parametrize(("num_iterations", "length_beam"), [(1, 1), (3, 1), (1, 3)])
+def test_skipping_unread_scores_changes_no_output(tiny_model, source_batch, num_iterations, length_beam):
+    """Without return_dict_in_generate, one-pass decoding with one length candidate skips the last pass's
+    normalisation; the tokens must be those of the fully scored run."""
+    input_ids, attention_mask = source_batch
+    options = {"num_iterations": num_iterations, "length_beam": length_beam}
+    scored = tiny_model.generate(input_ids, attention_mask=attention_mask, return_dict_in_generate=True, **options)
+    plain = tiny_model.generate(input_ids, attention_mask=attention_mask, **options)
+    assert torch.equal(plain, scored.sequences)
+    assert (scored.sequences_scores < 0).all()  # log-probabilities were computed for the returned scores
+
+
 # ------------------------------------------------------------------------------------------------ bad inputs
 @pytest.mark.parametrize(
     ("input_ids", "attention_mask", "kwargs", "message"),

@@ -225,7 +225,7 @@ def decode_fixed_length(translator: Translator, input_ids: torch.Tensor, length:
     context = context.repeat_rows(length_beam)
     strategy = DECODING_STRATEGIES[options.get("decoding_strategy", "mask_predict")]
     state = strategy(model, context, torch.full((length_beam,), length),
-                     options.get("num_iterations", model.generation_config.num_iterations))
+                     options.get("num_iterations", model.generation_config.num_iterations), length_beam > 1)
     best_candidates(state, length_beam)
 
 

@@ -1,8 +1,8 @@
 """Decoding strategies of NAT models, apart from the model: the model exposes one refinement step
 (`NATForConditionalGeneration.refine`), a strategy runs the loop and carries an explicit `DecodingState`.
 
-Every strategy has the signature `strategy(model, context, lengths, num_iterations) -> DecodingState` and is
-chosen through `DECODING_STRATEGIES`. Candidate lengths and the final choice among them are shared helpers.
+Every strategy has the signature `strategy(model, context, lengths, num_iterations, final_scores) -> DecodingState`
+and is chosen through `DECODING_STRATEGIES`. Candidate lengths and the final choice among them are shared helpers.
 """
 
 from dataclasses import dataclass
@@ -44,7 +44,8 @@ def lowest_scoring_positions(scores: torch.Tensor, valid: torch.Tensor, counts: 
     return (rank < counts[:, None]) & valid
 
 
-def mask_predict(model, context, lengths: torch.Tensor, num_iterations: int) -> DecodingState:
+def mask_predict(model, context, lengths: torch.Tensor, num_iterations: int, final_scores: bool = True
+                 ) -> DecodingState:
     """Mask-Predict (Ghazvininejad et al., 2019, "Mask-Predict: Parallel Decoding of Conditional Masked
     Language Models").
 
@@ -58,6 +59,8 @@ def mask_predict(model, context, lengths: torch.Tensor, num_iterations: int) -> 
         context: its `NATEncoderContext`, one row per hypothesis.
         lengths: `[rows]` long, the target length of each hypothesis.
         num_iterations: decoder passes, >= 1.
+        final_scores: whether the last pass must score its tokens (False: their scores are 0; the caller reads
+            neither `state.scores` nor a ranking of the hypotheses).
     """
     config = model.config
     target_len = max(int(lengths.max()), 1)  # the one host sync: the shape of the hypotheses
@@ -75,7 +78,8 @@ def mask_predict(model, context, lengths: torch.Tensor, num_iterations: int) -> 
             num_masked = lengths * (num_iterations - step) // num_iterations  # [rows], linear decay
             remask = lowest_scoring_positions(state.scores, valid, num_masked)
             max_masked = target_len * (num_iterations - step) // num_iterations  # bound on num_masked, host side
-        state = model.refine(state, remask, decoder_mask, context, max_masked)
+        last = step == num_iterations - 1
+        state = model.refine(state, remask, decoder_mask, context, max_masked, with_scores=final_scores or not last)
     return state
 
 

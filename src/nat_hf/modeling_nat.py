@@ -597,13 +597,16 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         self_attention_mask: torch.Tensor | None,
         context: NATEncoderContext,
         max_masked: int | None = None,
+        with_scores: bool = True,
     ) -> DecodingState:
         """One refinement step: replace the tokens at `remask` (`[rows, target_len]` bool) by `<mask>`, run the
         decoder once, and take its most probable token (special tokens excluded) and log-probability at those
         positions; the other positions keep their tokens and scores.
 
         `max_masked`, an upper bound on the masked positions of any row known without a host sync, limits the
-        output projection (the largest single layer) to that many positions per row."""
+        output projection (the largest single layer) to that many positions per row. `with_scores=False` skips
+        the normalisation over the vocabulary (the new tokens get score 0), for a last pass whose scores nobody
+        reads: one-pass decoding with a single length candidate."""
         config = self.config
         decoder_input_ids = state.tokens.masked_fill(remask, config.mask_token_id)
         hidden = self.model.decode(decoder_input_ids, state.valid, context, self_attention_mask)
@@ -613,12 +616,13 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
             positions = remask.to(torch.int8).sort(dim=-1, descending=True, stable=True).indices[:, :max_masked]
             hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # [rows, k, d_model]
         logits = self.lm_head(hidden).float()  # [rows, positions, vocab]
-        log_normalizer = logits.logsumexp(-1)  # no log_softmax copy of the vocab-wide logits
+        log_normalizer = logits.logsumexp(-1) if with_scores else None  # no log_softmax copy of the logits
         special = [i for i in (config.pad_token_id, config.eos_token_id, config.mask_token_id,
                                config.blank_token_id, config.bos_token_id) if i is not None]
         logits[..., special] = float("-inf")
         best_logits, tokens = logits.max(-1)
-        scores = best_logits - log_normalizer  # log-probability of the chosen token under the full distribution
+        # log-probability of the chosen token under the full distribution
+        scores = best_logits - log_normalizer if with_scores else torch.zeros_like(best_logits)
         if positions is not None:
             tokens = state.tokens.scatter(1, positions, tokens)
             scores = state.scores.scatter(1, positions, scores)
@@ -729,7 +733,9 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
             input_ids, attention_mask, encoder_hidden_states, precompute_cross_attention=True
         ).repeat_rows(length_beam)
         strategy = DECODING_STRATEGIES[options["decoding_strategy"]]
-        state = strategy(self, context, lengths.flatten(), options["num_iterations"])
+        # the last pass's scores pick among length candidates and are returned with return_dict_in_generate
+        final_scores = length_beam > 1 or options["return_dict_in_generate"]
+        state = strategy(self, context, lengths.flatten(), options["num_iterations"], final_scores)
         tokens, best_lengths, scores = best_candidates(state, length_beam)
         sequences = finish_sequences(tokens, best_lengths, config.eos_token_id, config.pad_token_id)
         if options["return_dict_in_generate"]:

@@ -9,6 +9,7 @@
 # Each stage records its results (benchmarks/results.py) and re-renders RESULTS.md. Data and the teacher come
 # from ../shared (override with NAT_HF_DATA_DIR / NAT_HF_TEACHER). Run from the repository root.
 set -euo pipefail
+[ -d .venv/bin ] && export PATH="$PWD/.venv/bin:$PATH"  # the README's environment, when present
 
 export NAT_HF_DATA_DIR=${NAT_HF_DATA_DIR:-../shared/data/multi30k}
 export NAT_HF_TEACHER=${NAT_HF_TEACHER:-../shared/models/ar-teacher-multi30k-en-de}

@@ -236,6 +236,11 @@ def render_speed(entry: dict) -> list[str]:
                   "| system | " + " | ".join(lengths) + " |", "| --- | " + " | ".join("---" for _ in lengths) + " |"]
         lines += [f"| {label} | " + " | ".join(str(values[n]) for n in lengths) + " |"
                   for label, values in cost["latency_ms"].items()]
+        extended = cost.get("positions_extended_to") or {}
+        if extended:
+            lines += ["", "Timed with position tables extended past the trained ones (same arithmetic, outputs "
+                      "beyond the trained length meaningless): "
+                      + ", ".join(f"{label} to {positions}" for label, positions in extended.items()) + "."]
         if (RECORDS / f"{entry['name']}-length.png").is_file():
             lines += ["", f"![speed-up vs length](records/{entry['name']}-length.png)"]
         lines.append("")

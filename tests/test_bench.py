@@ -46,7 +46,7 @@ def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpu
           "--system", f"ar-greedy={tmp_path / 'ar'}:num_beams=1,max_new_tokens=10",
           "--system", f"ct2={tmp_path / 'ar'}:backend=ctranslate2,beam_size=1,max_decoding_length=10",
           "--source", str(toy_corpus / "val.en"), "--sentences", "6", "--batch-sizes", "1,3", "--repeats", "2",
-          "--threads", "1", "--baseline", "ar-greedy", "--baseline", "ct2", "--lengths", "4,12",
+          "--threads", "1", "--baseline", "ar-greedy", "--baseline", "ct2", "--lengths", "4,40",
           "--output", str(output)])
     results = json.loads(output.read_text())
     assert results["machine"]["torch_threads"] == 1 and results["sentences"] == 6
@@ -61,8 +61,35 @@ def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpu
                                                                       "throughput": {"1": 1.0, "3": 1.0}}
     nat, ct2 = results["systems"]["nat-1pass"], results["systems"]["ct2"]
     assert nat["speedup"]["ct2"]["latency"] == round(ct2["latency_ms"]["median"] / nat["latency_ms"]["median"], 2)
-    assert set(results["length_cost"]["latency_ms"]["nat-mp4"]) == {"4", "12"}
+    assert set(results["length_cost"]["latency_ms"]["nat-mp4"]) == {"4", "40"}
     assert all(value > 0 for value in results["length_cost"]["latency_ms"]["ar-greedy"].values())
+    # the NAT model has 32 positions, the AR model 64: only the NAT systems are timed with extended tables
+    assert results["length_cost"]["positions_extended_to"] == {"nat-1pass": 40, "nat-mp4": 40}
+
+
+def test_length_cost_extends_short_position_tables_for_timing_only(tmp_path, tiny_systems):
+    from nat_hf.bench import System, Translator, benchmark_length_cost
+
+    nat = System("nat-mp2", str(tmp_path / "nat"), {"num_iterations": 2, "length_beam": 2})  # 32 positions
+    ar = System("ar-greedy", str(tmp_path / "ar"), {"num_beams": 1})  # 64 positions
+    cost = benchmark_length_cost([nat, ar], [8, 48], threads=1, repeats=1)
+    assert cost["positions_extended_to"] == {"nat-mp2": 48}
+    assert set(cost["latency_ms"]["nat-mp2"]) == {"8", "48"}
+    extended, trained = Translator(nat, min_output_length=48), Translator(nat)
+    assert trained.positions_extended_to is None and trained.max_length == 32 and extended.max_length == 48
+    assert extended.model.model.encoder.embed_positions.weight.shape == (48, 32)
+    # a sinusoidal table is recomputed: every trained tensor is kept whole, or as the first rows of its extension
+    sinusoidal = NATForConditionalGeneration(NATConfig.from_pretrained(tmp_path / "nat",
+                                                                       position_embedding_type="sinusoidal"))
+    sinusoidal.save_pretrained(tmp_path / "nat-sin")
+    trained.tokenizer.save_pretrained(tmp_path / "nat-sin")
+    trained = Translator(System("s", str(tmp_path / "nat-sin")))
+    extended = Translator(System("s", str(tmp_path / "nat-sin")), min_output_length=48)
+    trained_state, extended_state = trained.model.state_dict(), extended.model.state_dict()
+    for name, tensor in trained_state.items():
+        assert torch.equal(extended_state[name][: len(tensor)], tensor), name
+    with pytest.raises(ValueError, match="ar-greedy produces at most 64 tokens"):
+        benchmark_length_cost([System("ar-greedy", str(tmp_path / "ar"), {"backend": "ctranslate2"})], [80], 1, 1)
 
 
 def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_systems):
@@ -142,6 +169,7 @@ def render_results(tmp_path, speed_json):
     text = results.RESULTS_MD.read_text()
     assert "### tiny-speed" in text and "| ct2 |" in text and "overhead" in text and "Cost against output" in text
     assert "Speed-up against `ar-greedy`" in text and "Speed-up against `ct2`" in text
+    assert "position tables extended" in text and "nat-mp4 to 40" in text
     assert (results.RECORDS / "tiny-speed-batch.png").is_file()
     assert (results.RECORDS / "tiny-speed-length.png").is_file()
 

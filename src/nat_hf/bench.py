@@ -62,30 +62,41 @@ class Translator:
     """A loaded model with fixed decoding options: `translate(texts)` and, for NAT models, `raw_forward(texts)`.
 
     The option `backend=ctranslate2` (with `compute_type=default|int8|...`, `beam_size`) runs a Marian-architecture
-    AR model converted to CTranslate2 instead of transformers."""
+    AR model converted to CTranslate2 instead of transformers.
 
-    def __init__(self, system: System, threads: int = 1):
+    `min_output_length`: a transformers model whose position tables are shorter is loaded with them extended
+    (`extended_position_kwargs`), for timing only: a sinusoidal table is recomputed (its first rows equal the
+    trained ones), a learned one re-initialised at random; the arithmetic is that of the trained model, the
+    outputs are not. `positions_extended_to` then says so."""
+
+    def __init__(self, system: System, threads: int = 1, min_output_length: int = 0):
+        from transformers import AutoConfig
+
         from .inference import load_translator, with_output_length_cap
 
         self.system = system
         self.options = dict(system.options)
         self.backend = self.options.pop("backend", "transformers")
         self.is_nat = False
+        self.positions_extended_to = None
         if self.backend == "ctranslate2":
             from .ctranslate import CTranslate2Model
 
             self.ct2 = CTranslate2Model(system.path, self.options.pop("compute_type", "default"), threads)
             self.model_class, self.parameters = "ctranslate2.Translator", None
-            self.max_length = 256
+            self.max_length = output_limit(AutoConfig.from_pretrained(system.path))  # the converted tables
             return
         if self.backend != "transformers":
             raise ValueError(f"backend must be transformers or ctranslate2, got {self.backend!r}")
-        self.model, self.tokenizer = load_translator(system.path)
+        config = AutoConfig.from_pretrained(system.path, trust_remote_code=True)
+        extend = min_output_length > output_limit(config)
+        self.model, self.tokenizer = load_translator(
+            system.path, **(extended_position_kwargs(config, min_output_length) if extend else {}))
+        self.positions_extended_to = min_output_length if extend else None
         self.options = with_output_length_cap(self.model, self.options)
         self.is_nat = hasattr(self.model, "refine")
         self.model_class, self.parameters = type(self.model).__name__, self.model.num_parameters()
-        config = self.model.config
-        self.max_length = getattr(config, "max_target_positions", None) or config.max_position_embeddings - 1
+        self.max_length = output_limit(self.model.config)
 
     def encode(self, texts: list[str]) -> dict:
         return self.tokenizer(texts, return_tensors="pt", padding=True)
@@ -114,6 +125,20 @@ class Translator:
         context = model.model.make_context(batch["input_ids"], mask, hidden)
         decoder_input_ids = torch.full(target_mask.shape, model.config.mask_token_id)
         model.decoder_logits(decoder_input_ids, target_mask, context).argmax(-1)
+
+
+def output_limit(config) -> int:
+    """The longest output a model's position tables allow. A NAT model has `max_target_positions`; an AR model
+    predicts its n-th token from decoder position n - 1 (the start token sits at 0), so it reaches
+    `max_position_embeddings` tokens."""
+    return getattr(config, "max_target_positions", None) or config.max_position_embeddings
+
+
+def extended_position_kwargs(config, length: int) -> dict:
+    """`from_pretrained` arguments that give a model source and target position tables for `length` tokens."""
+    names = (("max_source_positions", "max_target_positions") if hasattr(config, "max_target_positions")
+             else ("max_position_embeddings",))
+    return {**{name: max(getattr(config, name), length) for name in names}, "ignore_mismatched_sizes": True}
 
 
 def timed(function, *args) -> float:
@@ -230,18 +255,19 @@ def decode_fixed_length(translator: Translator, input_ids: torch.Tensor, length:
 
 
 def benchmark_length_cost(systems: list[System], lengths: list[int], threads: int, repeats: int = 5) -> dict:
-    """Batch-1 latency as the output grows (synthetic sources of the same length as the output)."""
+    """Batch-1 latency as the output grows (synthetic sources of the same length as the output). A model whose
+    position tables are shorter than the longest length is timed with them extended (see `Translator`)."""
     torch.set_num_threads(threads)
-    translators = [Translator(system, threads) for system in systems]
+    translators = [Translator(system, threads, min_output_length=max(lengths)) for system in systems]
+    for translator in translators:
+        if max(lengths) > translator.max_length:
+            raise ValueError(f"{translator.system.label} produces at most {translator.max_length} tokens; "
+                             f"drop the lengths above")
     generator = torch.Generator().manual_seed(0)
+    vocab_size = min(t.model.config.vocab_size for t in translators if t.backend == "transformers")
+    eos = next(t.model.config.eos_token_id for t in translators if t.backend == "transformers")
     table = {t.system.label: {} for t in translators}
     for length in lengths:
-        for translator in translators:
-            if length > translator.max_length:
-                raise ValueError(f"{translator.system.label} produces at most {translator.max_length} tokens; "
-                                 f"drop length {length}")
-        vocab_size = min(t.model.config.vocab_size for t in translators if t.backend == "transformers")
-        eos = next(t.model.config.eos_token_id for t in translators if t.backend == "transformers")
         source = torch.randint(5, vocab_size, (1, length), generator=generator)
         source[0, -1] = eos
         times = {t.system.label: [] for t in translators}
@@ -253,7 +279,9 @@ def benchmark_length_cost(systems: list[System], lengths: list[int], threads: in
                     times[translator.system.label].append(seconds)
         for label, values in times.items():
             table[label][str(length)] = round(1000 * statistics.median(values), 2)
-    return {"machine": machine(threads), "repeats": repeats, "lengths": lengths, "latency_ms": table}
+    extended = {t.system.label: t.positions_extended_to for t in translators if t.positions_extended_to}
+    return {"machine": machine(threads), "repeats": repeats, "lengths": lengths, "latency_ms": table,
+            "positions_extended_to": extended}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -269,7 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="label of a system the speed-ups are against; repeat for several")
     parser.add_argument("--output", type=Path, help="write the JSON here (it is printed too)")
     parser.add_argument("--lengths", help="also time batch-1 decoding of synthetic outputs of these lengths, "
-                        "e.g. 8,16,32,64,128 (the cost-vs-length table)")
+                        "e.g. 8,16,32,64,128,256 (the cost-vs-length table); position tables shorter than the "
+                        "longest are extended for this table only")
     args = parser.parse_args(argv)
     sentences = [line for line in args.source.read_text(encoding="utf-8").splitlines() if line.strip()]
     results = benchmark_speed(args.system, sentences[: args.sentences],

@@ -5,11 +5,12 @@ from pathlib import Path
 import torch
 
 
-def load_translator(name_or_path: str | Path, device: str = "cpu"):
+def load_translator(name_or_path: str | Path, device: str = "cpu", **from_pretrained_kwargs):
     """The model (through `AutoModelForSeq2SeqLM`, remote code allowed) and its tokenizer, ready to translate."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, trust_remote_code=True).to(device).eval()
+    model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, trust_remote_code=True, **from_pretrained_kwargs)
+    model = model.to(device).eval()
     return model, AutoTokenizer.from_pretrained(name_or_path)
 
 

@@ -223,7 +223,8 @@ def render_speed(entry: dict) -> list[str]:
                          + " | ".join(f"{speedup['throughput'][size]}x" for size in sizes) + " |")
     overhead = [(label, system) for label, system in data["systems"].items() if "raw_forward_ms" in system]
     if overhead:
-        lines += ["", "`generate` against its raw forward passes (batch 1; one encoder pass + one decoder pass):", "",
+        lines += ["", "One-pass `generate` against its raw forward passes (batch 1; one encoder pass + one decoder "
+                  "pass on the predicted length, without `generate`'s bookkeeping):", "",
                   "| system | generate median (ms) | raw forward median (ms) | overhead |", "| --- | --- | --- | --- |"]
         for label, system in overhead:
             ratio = system["latency_ms"]["median"] / system["raw_forward_ms"] - 1

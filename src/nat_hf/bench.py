@@ -5,8 +5,9 @@ A system is a saved model (NAT or AR, directory or repo id) with its decoding op
 `nat-1pass=runs/multi30k_cmlm/best:num_iterations=1,length_beam=1` or `ar-greedy=TEACHER_DIR:num_beams=1`.
 Measured per system: latency at batch 1 (median and p90 over the sentences, one sentence at a time, the systems
 taking turns on each sentence), throughput in sentences per second at each batch size (median of repeats, the
-systems taking turns), and for NAT systems the raw forward passes (one encoder pass + one decoder pass on the
-predicted length) against one-pass `generate`, which shows the overhead of `generate`. Speed-ups are against each
+systems taking turns), and for one-pass NAT systems (one iteration, one length candidate) the raw forward
+passes (one encoder pass + one decoder pass on the predicted length), the same arithmetic without `generate`'s
+bookkeeping: their ratio is the overhead of `generate`. Speed-ups are against each
 `--baseline` system (repeat the option for several). The machine is shared and noisy: report medians, and never
 compare numbers across runs.
 """
@@ -59,7 +60,8 @@ def parse_system(spec: str) -> System:
 
 
 class Translator:
-    """A loaded model with fixed decoding options: `translate(texts)` and, for NAT models, `raw_forward(texts)`.
+    """A loaded model with fixed decoding options: `translate(texts)` and, for one-pass NAT decoding (`one_pass`),
+    `raw_forward(texts)`.
 
     The option `backend=ctranslate2` (with `compute_type=default|int8|...`, `beam_size`) runs a Marian-architecture
     AR model converted to CTranslate2 instead of transformers.
@@ -77,7 +79,7 @@ class Translator:
         self.system = system
         self.options = dict(system.options)
         self.backend = self.options.pop("backend", "transformers")
-        self.is_nat = False
+        self.is_nat = self.one_pass = False
         self.positions_extended_to = None
         if self.backend == "ctranslate2":
             from .ctranslate import CTranslate2Model
@@ -95,6 +97,9 @@ class Translator:
         self.positions_extended_to = min_output_length if extend else None
         self.options = with_output_length_cap(self.model, self.options)
         self.is_nat = hasattr(self.model, "refine")
+        generation = self.model.generation_config
+        self.one_pass = self.is_nat and all(self.options.get(name, getattr(generation, name, None)) == 1
+                                            for name in ("num_iterations", "length_beam"))
         self.model_class, self.parameters = type(self.model).__name__, self.model.num_parameters()
         self.max_length = output_limit(self.model.config)
 
@@ -182,12 +187,12 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
             translator.translate([sentence])
 
     latency = {t.system.label: [] for t in translators}
-    raw = {t.system.label: [] for t in translators if t.is_nat}
+    raw = {t.system.label: [] for t in translators if t.one_pass}
     for index, sentence in enumerate(sentences):
         turn = translators[index % len(translators):] + translators[: index % len(translators)]  # rotate order
         for translator in turn:
             latency[translator.system.label].append(timed(translator.translate, [sentence]))
-            if translator.is_nat:
+            if translator.one_pass:
                 raw[translator.system.label].append(timed(translator.raw_forward, [sentence]))
 
     throughput = {t.system.label: {} for t in translators}

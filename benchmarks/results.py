@@ -8,7 +8,8 @@
 `benchmarks/records/NAME.json` (with the command, commit, date and machine) plus a learning-curve plot;
 `record-bench` stores the JSON of `nat-hf bench speed` or `nat-hf bench quality` with its command, and plots
 latency against batch size and (with a cost-vs-length table) speed-up against output length; `render` rebuilds
-RESULTS.md from every record.
+RESULTS.md from every record, and the README's results block (between `README_BEGIN` and `README_END`) from the
+latest speed record and the quality record that shares most of its systems.
 """
 
 import argparse
@@ -24,6 +25,9 @@ HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "records"
 RESULTS_MD = HERE / "RESULTS.md"
 FRONTIER_SPLIT = "test_2016_flickr"
+README = HERE.parent / "README.md"
+README_BEGIN = "<!-- results: written by `python benchmarks/results.py render`; do not edit by hand -->"
+README_END = "<!-- end of results -->"
 
 
 def curve(log: list[dict]) -> list[dict]:
@@ -292,6 +296,42 @@ def plot_frontier(speed: dict, quality: dict, split: str) -> bool:
     return True
 
 
+def readme_summary(speed: dict, quality: dict, split: str) -> list[str]:
+    """The README's results block: per system of the speed record, BLEU on `split` (when the quality record has
+    it), batch-1 latency, and the speed-ups against each baseline at batch 1 and, when measured, batch 64."""
+    data = speed["data"]
+    baselines = data.get("baselines", [])
+    sizes = [size for size in ("64",) if size in map(str, data["batch_sizes"])]
+    header = [f"BLEU {split}", "latency batch 1 (ms)"]
+    for baseline in baselines:
+        header += [f"speed-up vs {baseline}, batch 1"] + [f"speed-up vs {baseline}, batch {size}" for size in sizes]
+    lines = [f"Measured on {speed['machine']['cpu']} with {speed['machine']['torch_threads']} torch threads "
+             f"(records `{speed['name']}` and `{quality['name']}`; commands, commits and every other figure in "
+             "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):", "",
+             "| system | " + " | ".join(header) + " |", "| --- |" + " --- |" * len(header)]
+    for label, system in data["systems"].items():
+        scores = quality["data"]["systems"].get(label, {}).get("splits", {}).get(split)
+        cells = [str(scores["bleu"]) if scores else "not measured", str(system["latency_ms"]["median"])]
+        for baseline in baselines:
+            speedup = system["speedup"][baseline]
+            cells += [f"{speedup['latency']}x"] + [f"{speedup['throughput'][size]}x" for size in sizes]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_readme_block(lines: list[str]) -> bool:
+    """Replace the README's results block with `lines`; False when the README has no block."""
+    if not README.is_file():
+        return False
+    text = README.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    README.write_text(head + "\n".join([README_BEGIN, *lines, README_END]) + tail)
+    return True
+
+
 def render() -> None:
     entries = [json.loads(path.read_text()) for path in sorted(RECORDS.glob("*.json"))]
     lines = ["# Results", "",
@@ -315,6 +355,7 @@ def render() -> None:
         if plot_frontier(speed, quality, FRONTIER_SPLIT):
             lines += ["## Quality against speed", "", f"Systems of `{speed['name']}` and `{quality['name']}` "
                       f"({FRONTIER_SPLIT}):", "", "![BLEU vs latency](records/frontier.png)", ""]
+        write_readme_block(readme_summary(speed, quality, FRONTIER_SPLIT))
     RESULTS_MD.write_text("\n".join(lines))
 
 

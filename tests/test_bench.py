@@ -126,12 +126,18 @@ def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_syst
           f"ar={tmp_path / 'ar'}:num_beams=2,max_new_tokens=10", "--source", str(toy_corpus / "val.en"),
           "--sentences", "3", "--batch-sizes", "1", "--repeats", "1", "--threads", "1", "--output", str(speed)])
     results.record_bench(speed, "tiny-speed", "nat-hf bench speed ...")
+    results.README.write_text(f"# x\n\n{results.README_BEGIN}\nold\n{results.README_END}\n\n## next\n")
     results.render()
     text = results.RESULTS_MD.read_text()
     gap = systems["nat"]["splits"]["val"]["bleu"] - systems["ar"]["splits"]["val"]["bleu"]
     assert "| BLEU gap to ar |" in text and f"| nat | val | {scores['bleu']} | {gap:+.2f} |" in text
     assert "| ar | val | " + f"{systems['ar']['splits']['val']['bleu']} | +0.00 |" in text
     assert "![BLEU vs latency](records/frontier.png)" in text and (results.RECORDS / "frontier.png").is_file()
+    readme = results.README.read_text()  # the README block: regenerated between its markers, the rest kept
+    latency = json.loads(speed.read_text())["systems"]["nat"]["latency_ms"]["median"]
+    assert readme.startswith("# x\n\n") and readme.endswith(f"{results.README_END}\n\n## next\n")
+    assert "old" not in readme
+    assert f"| nat | {scores['bleu']} | {latency} |" in readme
 
 
 def test_ctranslate2_conversion_translates_like_transformers(tmp_path, tiny_systems, toy_corpus):
@@ -158,6 +164,7 @@ def load_results_script(tmp_path):
     results = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(results)
     results.RECORDS, results.RESULTS_MD = tmp_path / "records", tmp_path / "RESULTS.md"
+    results.README = tmp_path / "README.md"  # never the repository's
     return results
 
 

@@ -124,7 +124,8 @@ def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_syst
     speed = tmp_path / "speed.json"
     main(["--system", f"nat={tmp_path / 'nat'}:num_iterations=2,length_beam=2", "--system",
           f"ar={tmp_path / 'ar'}:num_beams=2,max_new_tokens=10", "--source", str(toy_corpus / "val.en"),
-          "--sentences", "3", "--batch-sizes", "1", "--repeats", "1", "--threads", "1", "--output", str(speed)])
+          "--sentences", "3", "--batch-sizes", "1", "--repeats", "1", "--threads", "1", "--baseline", "ar",
+          "--output", str(speed)])
     results.record_bench(speed, "tiny-speed", "nat-hf bench speed ...")
     results.README.write_text(f"# x\n\n{results.README_BEGIN}\nold\n{results.README_END}\n\n## next\n")
     results.render()
@@ -138,6 +139,10 @@ def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_syst
     assert readme.startswith("# x\n\n") and readme.endswith(f"{results.README_END}\n\n## next\n")
     assert "old" not in readme
     assert f"| nat | {scores['bleu']} | {latency} |" in readme
+    speedup = json.loads(speed.read_text())["systems"]["nat"]["speedup"]["ar"]["latency"]
+    assert f"| nat | {scores['bleu']} | {latency} | {speedup}x |" in readme
+    card = write_card(tmp_path / "nat", quality_path=output, speed_path=speed).text  # and the card's speed table
+    assert "speed-up vs ar (batch 1)" in card and f"| nat | {latency} | " in card and f" | {speedup}x |" in card
 
 
 def test_ctranslate2_conversion_translates_like_transformers(tmp_path, tiny_systems, toy_corpus):

@@ -56,13 +56,15 @@ def quality_rows(results: dict | None, quality: dict | None, model_dir: Path) ->
 def speed_rows(speed: dict | None) -> list[str]:
     if not speed:
         return ["Not measured yet for this model (`nat-hf bench speed`)."]
-    sizes = speed["batch_sizes"]
-    rows = ["| system | latency batch 1 (ms, median) | " + " | ".join(f"sent/s @ {s}" for s in sizes) + " |",
-            "| --- | --- | " + " | ".join("---" for _ in sizes) + " |"]
+    sizes, baselines = speed["batch_sizes"], speed.get("baselines", [])
+    rows = ["| system | latency batch 1 (ms, median) | " + " | ".join(f"sent/s @ {s}" for s in sizes) + " | "
+            + "".join(f"speed-up vs {baseline} (batch 1) | " for baseline in baselines),
+            "| --- | --- | " + " | ".join("---" for _ in sizes) + " |" + " --- |" * len(baselines)]
     for label, entry in speed["systems"].items():
         throughput = entry["throughput_sentences_per_second"]
         rows.append(f"| {label} | {entry['latency_ms']['median']} | "
-                    + " | ".join(str(throughput[str(s)]) for s in sizes) + " |")
+                    + " | ".join(str(throughput[str(s)]) for s in sizes) + " | "
+                    + "".join(f"{entry['speedup'][baseline]['latency']}x | " for baseline in baselines))
     machine = speed["machine"]
     rows.append("")
     rows.append(f"Measured on {machine['cpu']} with {machine['torch_threads']} torch threads, torch "

@@ -66,7 +66,8 @@ def plot_curve(rows: list[dict], title: str, path: Path) -> None:
     plt.close(figure)
 
 
-def record(run_dir: Path, name: str, command: str, commit: str | None) -> Path:
+def record(run_dir: Path, name: str, command: str, commit: str | None, note: str | None = None) -> Path:
+    """Store a finished training run; `note` says what the numbers alone do not (an interruption, contention)."""
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     results = json.loads((run_dir / "results.json").read_text())
     config = yaml.safe_load((run_dir / "train_config.yaml").read_text())
@@ -84,6 +85,7 @@ def record(run_dir: Path, name: str, command: str, commit: str | None) -> Path:
         "config": config,
         "results": results,
         "curve": rows,
+        "note": note,
     }
     RECORDS.mkdir(exist_ok=True)
     path = RECORDS / f"{name}.json"
@@ -110,6 +112,7 @@ def render_training(entry: dict) -> list[str]:
         f"### {entry['name']}",
         "",
         f"- command: `{entry['command']}`",
+        *([f"- note: {entry['note']}"] if entry.get("note") else []),
         f"- commit `{entry['commit']}`, finished {entry['date']}, on {machine_info['cpu']} "
         f"({machine_info['logical_cpus']} logical CPUs, torch {machine_info['torch']}, "
         f"{machine_info['torch_threads']} threads)",
@@ -367,6 +370,7 @@ def main() -> None:
     record_parser.add_argument("--name", required=True)
     record_parser.add_argument("--command", dest="run_command", required=True)
     record_parser.add_argument("--commit")
+    record_parser.add_argument("--note", help="what the numbers alone do not say (an interruption, contention)")
     bench_parser = commands.add_parser("record-bench")
     bench_parser.add_argument("bench_json", type=Path)
     bench_parser.add_argument("--name", required=True)
@@ -376,7 +380,7 @@ def main() -> None:
     commands.add_parser("render")
     args = parser.parse_args()
     if args.command == "record":
-        print(record(args.run_dir, args.name, args.run_command, args.commit))
+        print(record(args.run_dir, args.name, args.run_command, args.commit, args.note))
     elif args.command == "record-bench":
         print(record_bench(args.bench_json, args.name, args.run_command, args.gap_to))
     render()

@@ -71,7 +71,8 @@ def record(run_dir: Path, name: str, command: str, commit: str | None, note: str
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     results = json.loads((run_dir / "results.json").read_text())
     config = yaml.safe_load((run_dir / "train_config.yaml").read_text())
-    started = (run_dir / "train_config.yaml").stat().st_mtime
+    # the log's first event (a resumed run rewrites train_config.yaml)
+    started = log[0].get("time", (run_dir / "train_config.yaml").stat().st_mtime)
     finished = (run_dir / "results.json").stat().st_mtime
     rows = curve(log)
     entry = {

@@ -73,7 +73,7 @@ case ${1:-} in
   speed)
     command="nat-hf bench speed $(nat_systems) $(ar_systems) $(ct2_systems) --source $TEST.en --sentences 256 \
 --batch-sizes 1,16,64,256 --repeats 3 --threads $THREADS --baseline ar-greedy --baseline ar-deep-shallow-greedy \
---lengths 8,16,32,64,128,256 --output runs/bench/speed.json"
+--baseline ct2-fp32-greedy --baseline ct2-int8-greedy --lengths 8,16,32,64,128,256 --output runs/bench/speed.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/speed.json --name speed --command "$command"
     ;;

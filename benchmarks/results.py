@@ -169,23 +169,37 @@ def record_bench(path: Path, name: str, command: str, gap_to: list[str] | None =
     return target
 
 
+def line_styles(data: dict) -> dict[str, dict]:
+    """One colour per system (up to 20), and the line says the kind: NAT solid, transformers AR dashed,
+    CTranslate2 dotted."""
+    import matplotlib
+
+    def linestyle(model_class: str) -> str:
+        return ":" if model_class.startswith("ctranslate2") else "-" if model_class.startswith("NAT") else "--"
+
+    colours = matplotlib.colormaps["tab20"].colors
+    return {label: {"color": colours[index % len(colours)], "marker": "o", "linestyle": linestyle(entry["model_class"])}
+            for index, (label, entry) in enumerate(data["systems"].items())}
+
+
 def plot_speed(data: dict, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4))
+    styles = line_styles(data)
+    figure, axis = plt.subplots(figsize=(8, 5))
     for label, entry in data["systems"].items():
         sizes = sorted(int(size) for size in entry["throughput_sentences_per_second"])
         axis.plot(sizes, [1000 * size / entry["throughput_sentences_per_second"][str(size)] for size in sizes],
-                  marker="o", label=label)
+                  label=label, **styles[label])
     axis.set_xscale("log", base=2)
     axis.set_yscale("log")
     axis.set_xlabel("batch size (sentences)")
     axis.set_ylabel("milliseconds per batch")
     axis.set_title(f"latency vs batch size ({data['machine']['torch_threads']} threads)", fontsize=9)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(RECORDS / f"{name}-batch.png", dpi=100)
     plt.close(figure)
@@ -193,14 +207,14 @@ def plot_speed(data: dict, name: str) -> None:
     baseline = (data.get("baselines") or [None])[0]
     if length_cost and baseline in length_cost["latency_ms"]:
         base = length_cost["latency_ms"][baseline]
-        figure, axis = plt.subplots(figsize=(7, 4))
+        figure, axis = plt.subplots(figsize=(8, 5))
         for label, values in length_cost["latency_ms"].items():
             lengths = [int(n) for n in values]
-            axis.plot(lengths, [base[str(n)] / values[str(n)] for n in lengths], marker="o", label=label)
+            axis.plot(lengths, [base[str(n)] / values[str(n)] for n in lengths], label=label, **styles[label])
         axis.set_xscale("log", base=2)
         axis.set_xlabel("output length (tokens)")
         axis.set_ylabel(f"speed-up over {baseline} (batch 1)")
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         figure.tight_layout()
         figure.savefig(RECORDS / f"{name}-length.png", dpi=100)
         plt.close(figure)
@@ -307,8 +321,7 @@ def readme_summary(speed: dict, quality: dict, split: str) -> list[str]:
     baselines = data.get("baselines", [])
     sizes = [size for size in ("64",) if size in map(str, data["batch_sizes"])]
     header = [f"BLEU {split}", "latency batch 1 (ms)"]
-    for baseline in baselines:
-        header += [f"speed-up vs {baseline}, batch 1"] + [f"speed-up vs {baseline}, batch {size}" for size in sizes]
+    header += [f"speed-up vs {baseline}, batch " + " / ".join(["1", *sizes]) for baseline in baselines]
     lines = [f"Measured on {speed['machine']['cpu']} with {speed['machine']['torch_threads']} torch threads "
              f"(records `{speed['name']}` and `{quality['name']}`; commands, commits and every other figure in "
              "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):", "",
@@ -318,7 +331,7 @@ def readme_summary(speed: dict, quality: dict, split: str) -> list[str]:
         cells = [str(scores["bleu"]) if scores else "not measured", str(system["latency_ms"]["median"])]
         for baseline in baselines:
             speedup = system["speedup"][baseline]
-            cells += [f"{speedup['latency']}x"] + [f"{speedup['throughput'][size]}x" for size in sizes]
+            cells.append(" / ".join([f"{speedup['latency']}x"] + [f"{speedup['throughput'][size]}x" for size in sizes]))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 

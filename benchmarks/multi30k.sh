@@ -81,7 +81,8 @@ case ${1:-} in
     command="nat-hf bench quality $(nat_systems) $(ar_systems) --data-dir $NAT_HF_DATA_DIR \
 --splits val test_2016_flickr --threads $THREADS --output runs/bench/quality.json"
     $command > /dev/null
-    python benchmarks/results.py record-bench runs/bench/quality.json --name quality --command "$command"
+    python benchmarks/results.py record-bench runs/bench/quality.json --name quality --command "$command" \
+      --gap-to ar-greedy --gap-to ar-beam4
     ;;
   *)
     echo "usage: $0 ablation|baselines|speed|quality" >&2

@@ -321,7 +321,8 @@ def readme_summary(speed: dict, quality: dict, split: str) -> list[str]:
     baselines = data.get("baselines", [])
     sizes = [size for size in ("64",) if size in map(str, data["batch_sizes"])]
     header = [f"BLEU {split}", "latency batch 1 (ms)"]
-    header += [f"speed-up vs {baseline}, batch " + " / ".join(["1", *sizes]) for baseline in baselines]
+    measures = " / ".join(["latency batch 1", *(f"throughput batch {size}" for size in sizes)])
+    header += [f"speed-up vs {baseline}: {measures}" for baseline in baselines]
     lines = [f"Measured on {speed['machine']['cpu']} with {speed['machine']['torch_threads']} torch threads "
              f"(records `{speed['name']}` and `{quality['name']}`; commands, commits and every other figure in "
              "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):", "",

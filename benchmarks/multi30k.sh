@@ -7,6 +7,7 @@
 #                                     # (the NAT and deep-shallow models have 128 positions: their length
 #                                     # cost at 256 is timed with extended tables, see nat_hf.bench)
 #   benchmarks/multi30k.sh quality    # quality and failure modes of every system of the speed run
+#   benchmarks/multi30k.sh card       # the NAT model's card (model_cards/) from the speed and quality JSON
 #
 # Each stage records its results (benchmarks/results.py) and re-renders RESULTS.md. Data and the teacher come
 # from ../shared (override with NAT_HF_DATA_DIR / NAT_HF_TEACHER). Run from the repository root.
@@ -84,8 +85,12 @@ case ${1:-} in
     python benchmarks/results.py record-bench runs/bench/quality.json --name quality --command "$command" \
       --gap-to ar-greedy --gap-to ar-beam4
     ;;
+  card)
+    nat-hf card "$NAT" --repo-id nat-hf/multi30k-en-de-cmlm-distill-arinit --speed runs/bench/speed.json \
+      --quality runs/bench/quality.json --copy-to model_cards/multi30k-en-de-cmlm-distill-arinit.md
+    ;;
   *)
-    echo "usage: $0 ablation|baselines|speed|quality" >&2
+    echo "usage: $0 ablation|baselines|speed|quality|card" >&2
     exit 2
     ;;
 esac

@@ -319,7 +319,7 @@ def readme_summary(speed: dict, quality: dict, split: str) -> list[str]:
     it), batch-1 latency, and the speed-ups against each baseline at batch 1 and, when measured, batch 64."""
     data = speed["data"]
     baselines = data.get("baselines", [])
-    sizes = [size for size in ("64",) if size in map(str, data["batch_sizes"])]
+    sizes = ["64"] if 64 in data["batch_sizes"] else []
     header = [f"BLEU {split}", "latency batch 1 (ms)"]
     measures = " / ".join(["latency batch 1", *(f"throughput batch {size}" for size in sizes)])
     header += [f"speed-up vs {baseline}: {measures}" for baseline in baselines]

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .decoding import length_candidates
+from .inference import load_translator, output_limit, with_output_length_cap
 
 
 @dataclass
@@ -73,8 +74,6 @@ class Translator:
 
     def __init__(self, system: System, threads: int = 1, min_output_length: int = 0):
         from transformers import AutoConfig
-
-        from .inference import load_translator, with_output_length_cap
 
         self.system = system
         self.options = dict(system.options)
@@ -130,13 +129,6 @@ class Translator:
         context = model.model.make_context(batch["input_ids"], mask, hidden)
         decoder_input_ids = torch.full(target_mask.shape, model.config.mask_token_id)
         model.decoder_logits(decoder_input_ids, target_mask, context).argmax(-1)
-
-
-def output_limit(config) -> int:
-    """The longest output a model's position tables allow. A NAT model has `max_target_positions`; an AR model
-    predicts its n-th token from decoder position n - 1 (the start token sits at 0), so it reaches
-    `max_position_embeddings` tokens."""
-    return getattr(config, "max_target_positions", None) or config.max_position_embeddings
 
 
 def extended_position_kwargs(config, length: int) -> dict:

@@ -14,11 +14,18 @@ def load_translator(name_or_path: str | Path, device: str = "cpu", **from_pretra
     return model, AutoTokenizer.from_pretrained(name_or_path)
 
 
+def output_limit(config) -> int:
+    """The longest output a model's position tables allow. A NAT model has `max_target_positions`; an AR model
+    predicts its n-th token from decoder position n - 1 (the start token sits at 0), so it reaches
+    `max_position_embeddings` tokens."""
+    return getattr(config, "max_target_positions", None) or config.max_position_embeddings
+
+
 def with_output_length_cap(model, generate_kwargs: dict) -> dict:
     """`generate_kwargs`, plus `max_new_tokens` for an autoregressive model when neither the call nor the model's
     generation config caps the output: transformers would otherwise stop at its model-agnostic `max_length=20`
-    and silently cut longer translations. The cap is the longest output the model's positions allow; decoding
-    still ends at end-of-sentence. NAT models (which have `refine`) cap their lengths themselves."""
+    and silently cut longer translations. The cap is one below the longest output the model's positions allow;
+    decoding still ends at end-of-sentence. NAT models (which have `refine`) cap their lengths themselves."""
     from transformers import GenerationConfig
 
     generation_config = model.generation_config
@@ -26,9 +33,8 @@ def with_output_length_cap(model, generate_kwargs: dict) -> dict:
             or generation_config.max_new_tokens is not None
             or generation_config.max_length != GenerationConfig().max_length):
         return generate_kwargs
-    config = model.config
-    positions = getattr(config, "max_target_positions", None) or config.max_position_embeddings
-    return {**generate_kwargs, "max_new_tokens": positions - 1}  # the decoder start token takes one position
+    # one below `output_limit`, as first shipped (tests pin it): a conservative margin, not a necessity
+    return {**generate_kwargs, "max_new_tokens": output_limit(model.config) - 1}
 
 
 @torch.no_grad()

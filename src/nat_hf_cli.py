@@ -7,6 +7,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+DEFAULT_CHUNK_SIZE = 1000  # input lines read, translated and printed at a time by `nat-hf translate`
 
 
 def add_decoding_options(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +18,11 @@ def add_decoding_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-beams", type=int, help="beam size, for autoregressive models (e.g. a teacher)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on the output length, end-of-sentence included")
     parser.add_argument("--batch-size", type=int, default=50, help="sentences per generate call")
-    parser.add_argument("--truncation", action="store_true", help="cut over-long sources instead of failing")
+    parser.add_argument("--truncation", action="store_true", help="cut over-long sources to the model's limit "
+                        "(with a warning on stderr naming each line) instead of failing them")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, help="a progress bar on stderr "
+                        "(default: when stderr is a terminal, the input is a file or piped, not typed, and the "
+                        "output is not printed on the terminal)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
 
@@ -25,24 +32,133 @@ def decoding_kwargs(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def fail(message: str, status: int = 2) -> NoReturn:
+    """End the command with `error: message` on stderr (no traceback) and exit `status`."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
 def load(args: argparse.Namespace):
     import torch
 
-    from nat_hf.inference import load_translator
+    from nat_hf.inference import ModelNotFoundError, load_translator
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_translator(args.model, device=args.device)
+    from transformers.utils import logging
+
+    bars = logging.is_progress_bar_enabled()
+    if not (args.progress if args.progress is not None else sys.stderr.isatty()):
+        logging.disable_progress_bar()  # no "Loading weights" bar: stderr is for this command's own messages
+    try:
+        return load_translator(args.model, device=args.device)
+    except ModelNotFoundError as error:
+        fail(str(error))
+    finally:
+        if bars:
+            logging.enable_progress_bar()
+
+
+def check_options(model, args: argparse.Namespace) -> None:
+    """Exit with status 2 on a bad decoding option or batch size, before any input is read or translated."""
+    from nat_hf.inference import check_generate_kwargs
+
+    if args.batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {args.batch_size}")
+    if getattr(args, "chunk_size", None) is not None and args.chunk_size < 1:
+        fail(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    try:
+        check_generate_kwargs(model, decoding_kwargs(args))
+    except ValueError as error:
+        fail(str(error))
+
+
+def progress_bar(args: argparse.Namespace, typed_input: bool, total: int | None, streamed_output: bool = False):
+    """A tqdm bar on stderr, or None: shown with --progress, or by default when stderr is a terminal, the input is
+    not typed in (text arguments or a terminal on stdin), and translations are not printed to that terminal."""
+    show = args.progress if args.progress is not None else (
+        sys.stderr.isatty() and not typed_input and not (streamed_output and sys.stdout.isatty()))
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=" lines", file=sys.stderr, dynamic_ncols=True)
+
+
+def report(bar, message: str) -> None:
+    """A line on stderr that does not break the progress bar."""
+    if bar is None:
+        print(message, file=sys.stderr, flush=True)
+    else:
+        bar.write(message, file=sys.stderr)
+
+
+def decoded_lines(stream):
+    """Lines of a binary stream as text without their line break; a line that is not UTF-8 becomes an
+    `UnreadableSource`, reported in its place like any failed line (the others are still translated)."""
+    from nat_hf.inference import UnreadableSource
+
+    for raw in stream:
+        if isinstance(raw, str):  # a text stream (already decoded)
+            yield raw.rstrip("\r\n")
+            continue
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as error:
+            yield UnreadableSource(f"not UTF-8 text ({error.reason} at byte {error.start})")
 
 
 def command_translate(args: argparse.Namespace) -> None:
-    from nat_hf.inference import translate_texts
+    from nat_hf.inference import translate_lines
 
-    sources = args.text or [line.rstrip("\n") for line in sys.stdin]
+    if args.text and args.input:
+        fail("give sentences as arguments or --input FILE, not both")
+    if args.input and not args.input.is_file():
+        fail(f"input file {args.input} not found")
     model, tokenizer = load(args)
-    for translation in translate_texts(model, tokenizer, sources, args.batch_size, args.truncation,
-                                       **decoding_kwargs(args)):
-        print(translation)
+    check_options(model, args)
+    input_file = args.input.open("rb") if args.input else None
+    if args.text:
+        sources, what, total, typed = args.text, "text", len(args.text), True
+    elif input_file is not None:
+        with args.input.open("rb") as counting:
+            total = sum(1 for _ in counting)
+        sources, what, typed = decoded_lines(input_file), "line", False
+    else:
+        stdin = getattr(sys.stdin, "buffer", sys.stdin)  # bytes, so that a non-UTF-8 line fails on its own
+        sources, what, total, typed = decoded_lines(stdin), "line", None, sys.stdin.isatty()
+    # a terminal on stdin: translate each line as it is typed
+    chunk_size = args.chunk_size or (1 if input_file is None and not args.text and typed else DEFAULT_CHUNK_SIZE)
+    try:
+        output = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+    except OSError as error:
+        fail(f"cannot write --output {args.output}: {error}")
+    bar = progress_bar(args, typed, total, streamed_output=output is sys.stdout)
+    results = translate_lines(model, tokenizer, sources, args.batch_size, args.truncation, chunk_size,
+                              progress=bar.update if bar is not None else None, **decoding_kwargs(args))
+    failed = count = 0
+    try:
+        for count, result in enumerate(results, 1):
+            if result.error is not None:
+                failed += 1
+                hint = "; pass --truncation to cut it" if result.error.startswith("source has") else ""
+                report(bar, f"error: {what} {count}: {result.error}{hint}")
+            elif result.truncated_from is not None:
+                report(bar, f"warning: {what} {count}: source cut from {result.truncated_from} tokens to the "
+                       "model's limit (--truncation)")
+            output.write(result.text + "\n")  # an empty line for a blank or failed source keeps lines aligned
+            output.flush()
+    except FloatingPointError as error:  # NaN/inf scores: a broken model, not a bad line
+        fail(str(error))
+    finally:
+        if bar is not None:
+            bar.close()
+        if output is not sys.stdout:
+            output.close()
+        if input_file is not None:
+            input_file.close()
+    if failed:
+        fail(f"{failed} of {count} {what}s not translated (their output lines are empty)", status=1)
 
 
 def command_evaluate(args: argparse.Namespace) -> None:
@@ -50,17 +166,34 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
     import torch
 
-    from nat_hf.data import read_lines
-    from nat_hf.inference import translate_texts
+    from nat_hf.data import DataError, read_lines
+    from nat_hf.inference import over_long_sources, source_limit, too_long_message, translate_lines
     from nat_hf.metrics import load_sacrebleu
 
-    sources, references = read_lines(args.source), read_lines(args.reference)
+    try:
+        sources, references = read_lines(args.source), read_lines(args.reference)
+    except DataError as error:
+        fail(str(error))
     if len(sources) != len(references):
         raise SystemExit(f"error: {args.source} has {len(sources)} lines but {args.reference} has {len(references)}")
     model, tokenizer = load(args)
+    check_options(model, args)
+    over = over_long_sources(model, tokenizer, sources)
+    for index, tokens in over.items():  # reported before any decoding time is spent
+        print(f"{'warning' if args.truncation else 'error'}: {args.source}:{index + 1}: "
+              f"{too_long_message(tokens, source_limit(model.config))}"
+              f"{'; cut to that limit (--truncation)' if args.truncation else ''}", file=sys.stderr)
+    if over and not args.truncation:
+        fail(f"{len(over)} of {len(sources)} source lines are longer than the model accepts; pass --truncation to "
+             "cut them", status=1)
+    bar = progress_bar(args, False, len(sources))
     start = time.perf_counter()
-    hypotheses = translate_texts(model, tokenizer, sources, args.batch_size, args.truncation, **decoding_kwargs(args))
+    results = translate_lines(model, tokenizer, sources, args.batch_size, args.truncation, max(len(sources), 1),
+                              progress=bar.update if bar is not None else None, **decoding_kwargs(args))
+    hypotheses = [result.text for result in results]
     seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
     scores = load_sacrebleu().compute(predictions=hypotheses, references=references)
     if args.output:
         Path(args.output).write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
@@ -72,6 +205,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
         "sentences": len(sources), "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2),
         "signature": scores["signature"], "decoding": {k: v for k, v in decoding.items() if v is not None},
         "batch_size": args.batch_size, "threads": torch.get_num_threads(), "decode_seconds": round(seconds, 2),
+        "truncated_sources": len(over) if args.truncation else 0,
     }, indent=1))
 
 
@@ -95,9 +229,20 @@ def main(argv: list[str] | None = None) -> None:
                        "(a Marian/BART-style checkpoint; its tokenizer is used)")
     train.set_defaults(run=command_train)
 
-    translate = commands.add_parser("translate", help="translate text arguments or stdin lines")
+    translate = commands.add_parser(
+        "translate", help="translate text arguments, a file or stdin lines",
+        description="Translate sentences: text arguments, --input FILE or stdin, one per line. Output has one line "
+        "per input line, in input order, printed chunk by chunk as soon as a chunk is translated. A blank input "
+        "line gives an empty output line. A source longer than the model accepts gives an empty output line, an "
+        "error on stderr naming its line, and exit status 1 at the end (--truncation cuts it instead, with a "
+        "warning). A missing model or a bad option: exit status 2.")
     translate.add_argument("model", help="a saved model directory or a Hub repo id")
-    translate.add_argument("text", nargs="*", help="sentences (default: read stdin, one per line)")
+    translate.add_argument("text", nargs="*", help="sentences (default: read --input or stdin, one per line)")
+    translate.add_argument("--input", type=Path, metavar="FILE", help="read sentences from FILE, one per line")
+    translate.add_argument("--output", type=Path, metavar="FILE", help="write translations to FILE (default: stdout)")
+    translate.add_argument("--chunk-size", type=int, metavar="LINES", help="lines read, length-sorted into batches, "
+                           f"translated and written at a time (default: {DEFAULT_CHUNK_SIZE}; 1 when stdin is a "
+                           "terminal)")
     add_decoding_options(translate)
     translate.set_defaults(run=command_translate)
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nat_hf.data import DataCollatorForNAT, DataError, load_split, read_parallel_text, token_budget_batches
+from nat_hf.data import DataCollatorForNAT, DataError, load_split, read_lines, read_parallel_text, token_budget_batches
 
 
 def test_token_budget_batches_cover_every_example_once_within_the_budget():
@@ -50,3 +50,26 @@ def test_load_split_reads_text_files_and_jsonl(toy_corpus, tmp_path):
     (jsonl / "val.jsonl").write_text('{"en": "one"}\n')
     with pytest.raises(DataError, match="record 0"):
         load_split("val", "en", "de", data_dir=jsonl)
+
+
+def test_non_utf8_data_names_the_file_and_line(tmp_path):
+    (tmp_path / "train.en").write_text("one\ntwo\nthree\n")
+    (tmp_path / "train.de").write_bytes(b"eins\nzwei\n" + b"dr\xe9i\n")  # Latin-1 e-acute
+    with pytest.raises(DataError, match=r"train.de is not UTF-8 text: line 3 \(byte 12\)"):
+        read_parallel_text(tmp_path, "train", "en", "de")
+    long_file = tmp_path / "long.de"  # past the text reader's first chunk, the line is still the file's
+    long_file.write_bytes(b"".join(b"line %d\n" % number for number in range(5000)) + b"\xff\n")
+    with pytest.raises(DataError, match="long.de is not UTF-8 text: line 5001"):
+        read_lines(long_file)
+
+
+def test_jsonl_errors_name_the_file_and_line(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"en": "one", "de": "eins"}\n\n{"en": "two", "de": \n')
+    with pytest.raises(DataError, match=r"train.jsonl line 3 is not JSON"):
+        load_split("train", "en", "de", data_dir=tmp_path)
+    (tmp_path / "train.jsonl").write_text('{"en": "one", "de": "eins"}\n["two", "zwei"]\n')
+    with pytest.raises(DataError, match=r"train.jsonl line 2 is not a JSON object"):
+        load_split("train", "en", "de", data_dir=tmp_path)
+    (tmp_path / "train.jsonl").write_bytes(b'{"en": "one", "de": "\xfcber"}\n')
+    with pytest.raises(DataError, match=r"train.jsonl is not UTF-8 text: line 1"):
+        load_split("train", "en", "de", data_dir=tmp_path)

@@ -110,3 +110,25 @@ def test_projecting_only_the_masked_positions_changes_nothing(tiny_model):
         restricted = tiny_model.refine(state, remask, decoder_mask, context, max_masked=3)
     assert torch.equal(full.tokens, restricted.tokens)
     torch.testing.assert_close(full.scores, restricted.scores)
+
+
+def test_a_zero_length_cap_gives_empty_candidates():
+    """max_length 0 (generate with max_new_tokens=1): only end-of-sentence fits, every candidate is empty."""
+    config = NATConfig(**TINY)
+    logits = torch.randn(2, config.num_length_classes)
+    lengths = length_candidates(logits, torch.tensor([5, 3]), torch.tensor([False, True]), config, 3, max_length=0)
+    assert lengths.tolist() == [[0, 0, 0], [0, 0, 0]]
+
+
+def test_empty_hypotheses_stay_empty_through_refinement_and_selection(tiny_model):
+    """Rows of length 0 only: mask_predict leaves them padding with score 0, the choice among candidates and the
+    closing end-of-sentence give the empty translation."""
+    input_ids = torch.tensor([[5, 6, 7, 1], [9, 1, 0, 0]])
+    encoder_states = tiny_model.model.encode(input_ids, input_ids != 0)
+    context = tiny_model.model.make_context(input_ids, input_ids != 0, encoder_states, True).repeat_rows(2)
+    with torch.no_grad():
+        state = mask_predict(tiny_model, context, torch.zeros(4, dtype=torch.long), num_iterations=3)
+    assert (state.tokens == tiny_model.config.pad_token_id).all() and (state.scores == 0).all()
+    tokens, lengths, scores = best_candidates(state, length_beam=2)
+    assert lengths.tolist() == [0, 0] and scores.tolist() == [0.0, 0.0]
+    assert finish_sequences(tokens, lengths, eos_token_id=1, pad_token_id=0).tolist() == [[1], [1]]

@@ -300,3 +300,215 @@ def test_auto_classes_build_nat_models(tiny_config):
     assert type(base) is NATModel
     output = base(input_ids=torch.tensor([[5, 6, 1]]), decoder_input_ids=torch.tensor([[3, 3]]))
     assert output.last_hidden_state.shape == (1, 2, TINY["d_model"])
+
+
+# ------------------------------------------------------------------------------ outputs, attention, inputs
+def decoder_batch() -> dict[str, torch.Tensor]:
+    input_ids = torch.tensor([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0]])
+    decoder_input_ids = torch.tensor([[3, 3, 12, 3], [14, 3, 0, 0]])
+    return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(),
+            "decoder_input_ids": decoder_input_ids, "decoder_attention_mask": (decoder_input_ids != 0).long()}
+
+
+@pytest.mark.parametrize("model_class", [NATModel, NATForConditionalGeneration])
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_hidden_states_by_argument_or_config(model_class, normalize_before):
+    torch.manual_seed(0)
+    config = NATConfig(**TINY, normalize_before=normalize_before)
+    model = model_class(config).eval()
+    batch = decoder_batch()
+    with torch.no_grad():
+        plain = model(**batch)
+        by_argument = model(**batch, output_hidden_states=True)
+        config.output_hidden_states = True
+        by_config = model(**batch)
+    assert plain.encoder_hidden_states is None and plain.decoder_hidden_states is None
+    for output in (by_argument, by_config):
+        assert len(output.encoder_hidden_states) == TINY["encoder_layers"] + 1
+        assert len(output.decoder_hidden_states) == TINY["decoder_layers"] + 1
+        torch.testing.assert_close(output.encoder_hidden_states[-1], output.encoder_last_hidden_state)
+        decoder_last = output.last_hidden_state if model_class is NATModel else model.model(**batch).last_hidden_state
+        torch.testing.assert_close(output.decoder_hidden_states[-1], decoder_last)
+        # the first entry is the embedding output: position embeddings added to the scaled token embeddings
+        scaled = model.get_input_embeddings()(batch["input_ids"]) * (TINY["d_model"] ** 0.5)
+        positions = model.get_encoder().embed_positions(batch["input_ids"].shape[1])
+        torch.testing.assert_close(output.encoder_hidden_states[0], scaled + positions)
+
+
+@pytest.mark.parametrize("model_class", [NATModel, NATForConditionalGeneration])
+def test_return_dict_false_by_argument_or_config_gives_the_same_values_as_a_tuple(model_class):
+    torch.manual_seed(0)
+    config = NATConfig(**TINY)
+    model = model_class(config).eval()
+    batch = decoder_batch()
+    with torch.no_grad():
+        as_dict = model(**batch)
+        as_tuple = model(**batch, return_dict=False)
+        config.return_dict = False
+        from_config = model(**batch)
+    expected = as_dict.to_tuple()
+    for output in (as_tuple, from_config):
+        assert type(output) is tuple and len(output) == len(expected) == 3
+        for actual, wanted in zip(output, expected, strict=True):
+            assert torch.equal(actual, wanted)
+
+
+def test_eager_attention_runs_without_sdpa_and_matches_it(monkeypatch, source_batch):
+    """attn_implementation="eager" used to fall back to SDPA silently."""
+    torch.manual_seed(0)
+    sdpa_model = NATForConditionalGeneration(NATConfig(**TINY)).eval()
+    eager_model = NATForConditionalGeneration._from_config(NATConfig(**TINY), attn_implementation="eager").eval()
+    eager_model.load_state_dict(sdpa_model.state_dict())
+    assert eager_model.config._attn_implementation == "eager"
+    batch = decoder_batch()
+    with torch.no_grad():
+        expected = sdpa_model(**batch)
+
+        def no_sdpa(*args, **kwargs):
+            raise AssertionError("SDPA was called by the eager model")
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", no_sdpa)
+        actual = eager_model(**batch, output_attentions=True)
+    torch.testing.assert_close(actual.logits, expected.logits)
+    torch.testing.assert_close(actual.encoder_last_hidden_state, expected.encoder_last_hidden_state)
+    assert len(actual.cross_attentions) == TINY["decoder_layers"]
+    cross = actual.cross_attentions[0]  # [batch, heads, target, source]
+    assert cross.shape == (2, TINY["decoder_attention_heads"], 4, 5)
+    torch.testing.assert_close(cross.sum(-1), torch.ones(cross.shape[:-1]))
+    assert (cross[1, :, :, 3:] == 0).all()  # padded source positions get no weight
+
+
+def test_output_attentions_with_sdpa_computes_the_weights_eagerly():
+    torch.manual_seed(0)
+    model = NATForConditionalGeneration(NATConfig(**TINY)).eval()
+    assert model.config._attn_implementation == "sdpa"
+    batch = decoder_batch()
+    with torch.no_grad():
+        plain = model(**batch)
+        with_weights = model(**batch, output_attentions=True)
+    torch.testing.assert_close(with_weights.logits, plain.logits)
+    assert plain.encoder_attentions is None
+    assert len(with_weights.encoder_attentions) == TINY["encoder_layers"]
+    assert len(with_weights.decoder_attentions) == TINY["decoder_layers"]
+    assert with_weights.decoder_attentions[0].shape == (2, TINY["decoder_attention_heads"], 4, 4)
+
+
+@pytest.mark.parametrize("implementation", ["flex_attention", "flash_attention_2"])
+def test_unsupported_attention_implementations_are_refused(implementation):
+    """Flex attention used to be advertised and failed on every forward (a mask built for one query)."""
+    with pytest.raises(ValueError, match="does not support"):
+        NATForConditionalGeneration._from_config(NATConfig(**TINY), attn_implementation=implementation)
+    assert NATForConditionalGeneration._supports_flex_attn is False
+    assert NATForConditionalGeneration._supports_flash_attn is False
+
+
+@pytest.mark.parametrize("model_class", [NATModel, NATForConditionalGeneration])
+def test_inputs_embeds_equal_input_ids(model_class):
+    torch.manual_seed(0)
+    model = model_class(NATConfig(**TINY)).eval()
+    batch = decoder_batch()
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        expected = model(**batch).to_tuple()
+        embedded = dict(batch, inputs_embeds=embed(batch["input_ids"]),
+                        decoder_inputs_embeds=embed(batch["decoder_input_ids"]))
+        del embedded["input_ids"], embedded["decoder_input_ids"]
+        actual = model(**embedded).to_tuple()
+    for got, wanted in zip(actual, expected, strict=True):
+        torch.testing.assert_close(got, wanted)
+    with pytest.raises(ValueError, match="not both"):
+        model(input_ids=batch["input_ids"], inputs_embeds=embed(batch["input_ids"]))
+
+
+# ------------------------------------------------------------------------------------- validation rules
+@pytest.mark.parametrize("model_class", [NATModel, NATForConditionalGeneration])
+def test_left_padding_is_rejected_by_every_forward(model_class):
+    """NATModel used to accept left padding silently and give a different result."""
+    model = model_class(NATConfig(**TINY)).eval()
+    input_ids = torch.tensor([[0, 0, 5, 6, 1], [7, 8, 9, 10, 1]])
+    with pytest.raises(ValueError, match="right-padded"):
+        model(input_ids=input_ids, attention_mask=(input_ids != 0).long(), decoder_input_ids=torch.tensor([[3, 3]] * 2))
+
+
+def test_labels_with_decoder_input_ids_is_an_error(tiny_model):
+    """The decoder inputs used to be dropped silently when labels were given."""
+    batch = decoder_batch()
+    with pytest.raises(ValueError, match="not both"):
+        tiny_model(**batch, labels=torch.tensor([[20, 21, 1], [22, 1, 0]]))
+
+
+@pytest.mark.parametrize("model_class", [NATModel, NATForConditionalGeneration])
+def test_garbage_in_padded_positions_is_never_looked_up(model_class):
+    """Out-of-vocabulary ids at padded positions (attention mask 0) used to raise IndexError in the embedding."""
+    torch.manual_seed(0)
+    model = model_class(NATConfig(**TINY)).eval()
+    batch = decoder_batch()
+    garbage = dict(batch)
+    garbage["input_ids"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 999)
+    garbage["input_ids"][1, -1] = -7
+    garbage["decoder_input_ids"] = batch["decoder_input_ids"].masked_fill(batch["decoder_attention_mask"] == 0, 555)
+    with torch.no_grad():
+        expected = model(**batch).to_tuple()
+        actual = model(**garbage).to_tuple()
+    for got, wanted in zip(actual, expected, strict=True):
+        assert torch.equal(got, wanted)
+    with pytest.raises(ValueError, match="outside the vocabulary"):  # at a real position it is still an error
+        model(**dict(garbage, decoder_attention_mask=torch.ones_like(batch["decoder_attention_mask"])))
+
+
+def test_garbage_in_padded_positions_gives_the_same_translation(tiny_model, source_batch):
+    input_ids, attention_mask = source_batch
+    garbage = input_ids.masked_fill(attention_mask == 0, 12345)
+    assert torch.equal(tiny_model.generate(garbage, attention_mask=attention_mask),
+                       tiny_model.generate(input_ids, attention_mask=attention_mask))
+
+
+def test_copy_mode_ignores_garbage_in_padded_source_positions():
+    torch.manual_seed(0)
+    model = NATForConditionalGeneration(NATConfig(**TINY, objective="vanilla", decoder_input_mode="copy")).eval()
+    batch = decoder_batch()
+    garbage = dict(batch, input_ids=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 999))
+    with torch.no_grad():
+        assert torch.equal(model(**garbage).logits, model(**batch).logits)
+
+
+# ------------------------------------------------------------------------------------------- torch.export
+@pytest.mark.parametrize("model_class", [NATModel, NATForConditionalGeneration])
+def test_torch_export_with_dynamic_batch_and_lengths_equals_eager(model_class):
+    """_check_source used to branch on tensor values (padding layout, lengths), which export cannot trace."""
+    from torch.export import Dim
+
+    torch.manual_seed(0)
+    model = model_class(NATConfig(**TINY)).eval()
+    batch = decoder_batch()
+    rows = Dim("batch", min=1, max=64)
+    source = Dim("source", min=2, max=TINY["max_source_positions"])
+    target = Dim("target", min=2, max=TINY["max_target_positions"])
+    dynamic = {"input_ids": {0: rows, 1: source}, "attention_mask": {0: rows, 1: source},
+               "decoder_input_ids": {0: rows, 1: target}, "decoder_attention_mask": {0: rows, 1: target}}
+    exported = torch.export.export(model, (), batch, dynamic_shapes=dynamic)
+    # other batch size and lengths than the traced ones
+    input_ids = torch.tensor([[5, 6, 7, 1], [9, 10, 1, 0], [11, 1, 0, 0]])
+    decoder_input_ids = torch.tensor([[3, 3, 3, 3, 3, 3], [3, 15, 3, 0, 0, 0], [3, 0, 0, 0, 0, 0]])
+    other = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(),
+             "decoder_input_ids": decoder_input_ids, "decoder_attention_mask": (decoder_input_ids != 0).long()}
+    with torch.no_grad():
+        for inputs in (batch, other):
+            expected = model(**inputs).to_tuple()
+            actual = exported.module()(**inputs).to_tuple()
+            for got, wanted in zip(actual, expected, strict=True):
+                torch.testing.assert_close(got, wanted)
+    with pytest.raises(ValueError, match="right-padded"):  # eager still checks every value
+        model(**dict(other, attention_mask=other["attention_mask"].flip(-1)))
+
+
+def test_copy_mode_needs_source_ids():
+    """A "copy" decoder reads source token embeddings by id: embeddings in place of ids are refused by name."""
+    model = NATForConditionalGeneration(NATConfig(**TINY, objective="vanilla", decoder_input_mode="copy")).eval()
+    batch = decoder_batch()
+    embed = model.get_input_embeddings()
+    with pytest.raises(ValueError, match="decoder_inputs_embeds needs decoder_input_mode='mask'"):
+        model(input_ids=batch["input_ids"], decoder_inputs_embeds=embed(batch["decoder_input_ids"]))
+    with pytest.raises(ValueError, match="pass input_ids, not inputs_embeds"):
+        model(inputs_embeds=embed(batch["input_ids"]), attention_mask=batch["attention_mask"],
+              decoder_input_ids=batch["decoder_input_ids"])

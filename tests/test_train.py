@@ -271,3 +271,281 @@ def test_model_card_from_measured_results_and_push_dry_run(finished_run, capsys)
     listed = {line.strip() for line in capsys.readouterr().out.splitlines()[1:]}
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md",
             "modeling_nat.py", "configuration_nat.py", "decoding.py", "objectives.py", "pipeline_nat.py"} <= listed
+
+
+# ------------------------------------------------------------------------------------------- hardening (issue 11)
+def comparable_log(output_dir: Path) -> list[tuple]:
+    """The log's events, steps and losses/scores (rounded), without the timings that differ between two runs."""
+    records = []
+    for record in read_log(output_dir):
+        values = {key: round(value, 3) for key, value in record.items()
+                  if key in ("loss", "valid_loss", "valid_bleu", "best_bleu")}
+        records.append((record["event"], record.get("step"), tuple(sorted(values.items()))))
+    return records
+
+
+def test_a_second_run_into_a_directory_in_use_is_refused(tmp_path, toy_corpus, capsys):
+    """Run B (fresh, then --resume) into the directory of a live run A stops with exit 2 before writing
+    anything; A finishes with the same log, results and best model as the same run alone."""
+    from safetensors.torch import load_file
+
+    from nat_hf.train import main
+
+    extra = ("optim.max_steps=60", "eval.eval_every=30", "data.test_splits=[test]", "run.threads=1")
+    shared = tmp_path / "shared"
+    run_a = subprocess.Popen(
+        [sys.executable, "-m", "nat_hf.train", str(TINY_CONFIG), *tiny_overrides(toy_corpus, shared, *extra)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 240
+    while not (shared / "train_config.yaml").is_file() and run_a.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # A writes its config once it holds the directory
+    assert run_a.poll() is None, "run A ended before run B could start"
+    a_config = (shared / "train_config.yaml").read_text()
+    different = tiny_overrides(toy_corpus, shared, "optim.max_steps=7", "optim.seed=5")  # B writes other things
+    for resume in ([], ["--resume"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stopped:
+            main([str(TINY_CONFIG), *different, *resume])
+        assert stopped.value.code == 2
+        assert "is in use by another training run" in capsys.readouterr().err
+    assert run_a.poll() is None, "run A ended while B was being refused: the test proved nothing"
+    assert (shared / "train_config.yaml").read_text() == a_config
+    assert run_a.wait(timeout=240) == 0, run_a.stderr.read()[-3000:]
+
+    alone = tmp_path / "alone"
+    train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, alone, *extra)))
+    assert comparable_log(shared) == comparable_log(alone)
+    results = {run: json.loads((run / "results.json").read_text()) for run in (shared, alone)}
+    for key in ("steps", "best_step", "val_bleu", "test_bleu", "best_valid_bleu"):
+        assert results[shared][key] == results[alone][key], key
+    best = {run: load_file(run / "best" / "model.safetensors") for run in (shared, alone)}
+    assert best[shared].keys() == best[alone].keys()
+    for name, tensor in best[alone].items():
+        assert torch.allclose(best[shared][name], tensor, atol=1e-5), name
+    assert yaml.safe_load((shared / "train_config.yaml").read_text())["optim"]["max_steps"] == 60
+
+
+def test_the_run_lock_is_released_when_the_run_ends_or_fails(tmp_path, toy_corpus):
+    import fcntl
+
+    from nat_hf.train import RUN_LOCK, run_lock
+
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(ConfigError, match="in use by another training run"), run_lock(tmp_path / "run"):
+            pass
+    with pytest.raises(RuntimeError), run_lock(tmp_path / "run"):
+        raise RuntimeError("the run failed")
+    with (tmp_path / "run" / RUN_LOCK).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again: would raise BlockingIOError if held
+
+
+def test_resume_repairs_a_kill_between_checkpoint_and_best(tmp_path, toy_corpus):
+    """A kill after the step-10 checkpoint but before best/ was (re)written: --resume rewrites best/ from the
+    restored state, identical to what the run would have saved."""
+    extra = ("optim.max_steps=10", "eval.eval_every=10", "data.test_splits=[]")
+    output_dir = tmp_path / "run"
+    train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra)))
+    saved = (output_dir / "best" / "model.safetensors").read_bytes()
+    assert json.loads((output_dir / "best" / "best_step.json").read_text())["step"] == 10
+    shutil.rmtree(output_dir / "best")
+    summary = train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra)), resume=True)
+    assert (output_dir / "best" / "model.safetensors").read_bytes() == saved
+    assert summary["best_step"] == 10 and summary["steps"] == 10
+
+
+def test_resume_restarts_a_run_killed_before_its_first_checkpoint(tmp_path, toy_corpus):
+    """best/, log and tokenizer but no checkpoint (a kill before the first checkpoint was complete): a fresh start
+    is refused, --resume restarts from step 0 and keeps nothing of the killed run."""
+    extra = ("optim.max_steps=10", "eval.eval_every=10", "data.test_splits=[]")
+    reference, output_dir = tmp_path / "reference", tmp_path / "run"
+    train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, reference, *extra)))
+    shutil.copytree(reference, output_dir)
+    shutil.rmtree(output_dir / "checkpoints")
+    (output_dir / "results.json").unlink()
+    (output_dir / "snapshots").mkdir()
+    (output_dir / "snapshots" / "step-00000005.safetensors").write_text("stale")
+    with (output_dir / "log.jsonl").open("a") as log:
+        log.write(json.dumps({"event": "train", "step": 99, "loss": 0.0}) + "\n")
+    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+        train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra)))
+    summary = train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra)), resume=True)
+    assert summary["steps"] == 10
+    assert comparable_log(output_dir) == comparable_log(reference)
+    assert not (output_dir / "snapshots").exists()
+    assert (output_dir / "checkpoints" / "last" / "trainer_state.json").is_file()
+
+
+def test_resume_truncates_the_log_to_the_checkpoint(tmp_path, toy_corpus):
+    extra = ("optim.max_steps=10", "eval.eval_every=10", "run.log_every=5", "data.test_splits=[]")
+    output_dir = tmp_path / "run"
+    train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra)))
+    with (output_dir / "log.jsonl").open("a") as log:  # what a run killed after step 10 had logged beyond it
+        log.write(json.dumps({"event": "train", "step": 15, "loss": 0.0}) + "\n")
+    train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra[1:], "optim.max_steps=20")),
+          resume=True)
+    steps = [(record["event"], record.get("step")) for record in read_log(output_dir)
+             if record["event"] in ("train", "resume", "end")]
+    assert steps == [("train", 1), ("train", 5), ("train", 10), ("resume", 10), ("train", 15), ("train", 20),
+                     ("end", None)]
+
+
+def test_resume_accepts_the_run_directory_moved_or_spelt_differently(tmp_path, finished_run, monkeypatch):
+    """The output directory is not part of the config compared on --resume (nor are the test splits or the
+    final decoding, which only concern the final evaluation); best/ then decodes like the new final evaluation."""
+    corpus, output_dir, _ = finished_run
+    moved = tmp_path / "moved"
+    shutil.copytree(output_dir, moved)
+    monkeypatch.chdir(tmp_path)
+    for spelling, extra in (("moved/", ["data.test_splits=[test]"]),
+                            ("./moved", ["data.test_splits=[]", "eval.final_num_iterations=3"])):
+        summary = train(load_config(TINY_CONFIG, tiny_overrides(corpus, Path(spelling), *extra)), resume=True)
+        assert summary["steps"] == 20
+    assert summary["num_iterations"] == 3 and "test_bleu" not in summary
+    generation = json.loads((moved / "best" / "generation_config.json").read_text())
+    assert generation["num_iterations"] == 3
+    assert [record["event"] for record in read_log(moved)].count("end") == 1
+    with pytest.raises(ConfigError, match="different config.*eval.num_iterations"):
+        train(load_config(TINY_CONFIG, tiny_overrides(corpus, moved, "eval.num_iterations=3")), resume=True)
+
+
+def test_yaml_float_spellings_are_accepted(tmp_path):
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text("optim:\n  learning_rate: 5e-4\n  betas: [0.9, 98E-2]\n")
+    assert yaml.safe_load(config_path.read_text())["optim"]["learning_rate"] == "5e-4"  # YAML 1.1: a string
+    config = load_config(config_path)
+    assert config.optim.learning_rate == 5e-4 and config.optim.betas == [0.9, 0.98]
+    assert load_config(TINY_CONFIG, ["optim.learning_rate=5e-4"]).optim.learning_rate == 5e-4
+    with pytest.raises(ConfigError, match="optim.learning_rate must be float"):
+        load_config(TINY_CONFIG, ["optim.learning_rate=fast"])
+    with pytest.raises(ConfigError, match="optim.max_steps must be int"):
+        load_config(TINY_CONFIG, ["optim.max_steps=1e5"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eval.batch_size=0", "eval.batch_size must be >= 1"),
+        ("eval.max_sentences=0", "eval.max_sentences must be >= 1"),
+        ("run.log_every=0", "run.log_every must be >= 1"),
+        ("run.threads=0", "run.threads must be >= 1"),
+        ("eval.num_beams=0", "eval.num_beams must be >= 1"),
+        ("eval.final_num_beams=0", "eval.final_num_beams must be >= 1"),
+        ("eval.average_last=1", "eval.average_last"),
+        ("optim.max_minutes=0", "optim.max_minutes must be > 0"),
+        ("optim.max_grad_norm=0", "optim.max_grad_norm must be > 0"),
+        ("optim.betas=[0.9,1.5]", r"optim.betas must lie in \[0, 1\)"),
+        ("optim.scheduler=inverse_sqroot", "optim.scheduler must be one of"),
+        ("data.vocab_size=3", "data.vocab_size"),
+        ("model.objective=cmlmm", "model.objective: .*must be one of"),
+        ("model.attention_heads=3", r"model.attention_heads: .*divide `d_model`"),
+        ("model.encoder_layers=-1", "model.encoder_layers: .*must be >= 1"),
+        ("model.ffn_dim=0", "model.ffn_dim: .*must be >= 1"),
+        ("model.dropout=1.5", r"model.dropout: .*\[0, 1\)"),
+        ("model.decoder_input_mode=copy", "model.decoder_input_mode: .*'mask' with objective 'cmlm'"),
+        ("model.position_embedding_type=rotary", "model.position_embedding_type"),
+        ("model.activation_function=gleu", "model.activation_function must be one of"),
+        ("eval.length_beam=40", "eval.length_beam=40 exceeds the model's 17 length classes"),
+    ],
+)
+def test_bad_counts_and_architectures_are_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY_CONFIG, [override])
+
+
+def test_a_misspelt_test_split_stops_before_anything_is_written(tmp_path, toy_corpus):
+    output_dir = tmp_path / "out"
+    with pytest.raises(DataError, match="missing data file .*tset.en"):
+        train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, "data.test_splits=[tset]")))
+    assert not output_dir.exists()
+    with pytest.raises(ConfigError, match="no run under"):
+        train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir)), resume=True)
+    assert not output_dir.exists()
+
+
+def test_copy_decoder_models_evaluate_in_one_pass(tmp_path, toy_corpus):
+    copy_model = {"objective": "vanilla", "decoder_input_mode": "copy"}
+    config = build_config({"model": copy_model})
+    assert (config.eval.num_iterations, config.eval.final_num_iterations) == (1, 1)
+    with pytest.raises(ConfigError, match="eval.num_iterations=4: .*decodes in one pass"):
+        build_config({"model": copy_model, "eval": {"num_iterations": 4}})
+    with pytest.raises(ConfigError, match="eval.num_iterations=2: "):
+        load_config(TINY_CONFIG, ["model.objective=vanilla", "model.decoder_input_mode=copy"])  # the YAML sets 2
+    summary = train(load_config(TINY_CONFIG, tiny_overrides(
+        toy_corpus, tmp_path / "copy", "model.objective=vanilla", "model.decoder_input_mode=copy",
+        "eval.num_iterations=1", "eval.final_num_iterations=1", "optim.max_steps=2", "eval.eval_every=2")))
+    assert summary["steps"] == 2 and summary["num_iterations"] == 1 and "val_bleu" in summary
+
+
+def test_init_from_is_checked_before_anything_is_written(tmp_path, toy_corpus):
+    from nat_hf import NATConfig, NATForConditionalGeneration
+
+    from .conftest import TINY
+
+    copy_model = tmp_path / "copy_model"
+    NATForConditionalGeneration(NATConfig(**{**TINY, "objective": "vanilla", "decoder_input_mode": "copy"})
+                                ).save_pretrained(copy_model)
+    output_dir = tmp_path / "out"
+    with pytest.raises(ConfigError, match="eval.num_iterations must be 1: model.init_from is a .*copy"):
+        train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, f"model.init_from={copy_model}")))
+    with pytest.raises(ConfigError, match="model.init_from: cannot read"):
+        train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, f"model.init_from={tmp_path}/none")))
+    assert not output_dir.exists()
+
+
+def test_a_missing_tokenizer_or_ar_model_stops_before_anything_is_written(tmp_path, toy_corpus):
+    output_dir = tmp_path / "out"
+    for key in ("data.tokenizer", "model.init_from_ar"):
+        with pytest.raises(ConfigError, match=f"{key}: cannot load .*no such directory"):
+            train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, f"{key}={tmp_path}/missing")))
+    assert not output_dir.exists()
+
+
+def test_progress_shows_the_budget_that_binds():
+    from nat_hf.train import progress_budget
+
+    assert progress_budget(5, 2.0, 100, None) == (5, 100)  # no time budget: steps
+    assert progress_budget(10, 30.0, 100_000, 1.0) == (30.0, 60.0)  # 100000 steps would take 83 hours: time
+    assert progress_budget(10, 1.0, 20, 80.0) == (1.0, 2.0)  # 20 steps take 2 s of the 80 minutes: steps
+    assert progress_budget(0, 0.0, 20, 80.0) == (0.0, 4800.0)
+
+
+def test_time_budgeted_run_shows_its_time_budget_and_ends_with_a_summary_line(tmp_path, toy_corpus, capsys,
+                                                                              caplog):
+    output_dir = tmp_path / "timed"
+    summary = train(load_config(TINY_CONFIG, tiny_overrides(
+        toy_corpus, output_dir, "optim.max_steps=100000", "optim.max_minutes=0.01", "eval.eval_every=100000")))
+    captured = capsys.readouterr()
+    last_bar = [line for line in captured.err.replace("\r", "\n").splitlines() if line.startswith("training")][-1]
+    assert "/100000" not in last_bar.split("step=")[0] and "train-s" in last_bar
+    assert f"step={summary['steps']}/100000" in last_bar
+    assert f"val BLEU {summary['val_bleu']:.2f} chrF {summary['val_chrf']:.2f} (best step {summary['steps']}" \
+        in captured.out.splitlines()[-1]
+    assert "Removed shared tensor" not in caplog.text
+
+
+def test_checkpoints_leave_out_tied_copies_and_resume_ties_them_back(tmp_path, caplog):
+    from accelerate import Accelerator
+    from safetensors import safe_open
+
+    from nat_hf import NATConfig, NATForConditionalGeneration
+    from nat_hf.train import drop_tied_weights
+
+    from .conftest import TINY
+
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    accelerator.register_save_state_pre_hook(drop_tied_weights)
+    model = accelerator.prepare(NATForConditionalGeneration(NATConfig(**TINY)))
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    accelerator.save_state(str(tmp_path / "state"))
+    assert "Removed shared tensor" not in caplog.text
+    with safe_open(tmp_path / "state" / "model.safetensors", "pt") as weights:
+        assert "lm_head.weight" not in weights.keys() and "model.shared.weight" in weights.keys()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    accelerator.load_state(str(tmp_path / "state"))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    assert model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr()

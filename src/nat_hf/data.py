@@ -25,12 +25,28 @@ class DataError(ValueError):
     """Missing, misaligned or empty training data."""
 
 
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file's content (universal newlines); `DataError` naming the file and the line of the first
+    byte that is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")  # again, in one piece: the error's offset is then the file's
+        except UnicodeDecodeError as error:
+            line = raw[: error.start].count(b"\n") + 1
+            raise DataError(f"{path} is not UTF-8 text: line {line} (byte {error.start}): {error.reason}") from None
+        raise
+
+
 def read_lines(path: str | Path) -> list[str]:
-    """The lines of a text file (one sentence each), without the final newline; `DataError` if missing."""
+    """The lines of a text file (one sentence each), without the final newline; `DataError` if missing or not
+    UTF-8."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing data file {path}")
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_text_file(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return lines
@@ -88,8 +104,17 @@ def load_split(
             raise DataError(f"data directory {data_dir} does not exist")
         jsonl = data_dir / f"{split}.jsonl"
         if jsonl.is_file():
-            with jsonl.open(encoding="utf-8") as lines:
-                records = [json.loads(line) for line in lines if line.strip()]
+            records = []
+            for number, line in enumerate(read_lines(jsonl), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{jsonl} line {number} is not JSON: {error.msg}") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{jsonl} line {number} is not a JSON object")
+                records.append(record)
             columns = _pairs_from_records(records, source_lang, target_lang, str(jsonl))
         else:
             columns = read_parallel_text(data_dir, split, source_lang, target_lang)

@@ -8,6 +8,17 @@ and is chosen through `DECODING_STRATEGIES`. Candidate lengths and the final cho
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+# Largest float32 logits buffer `[positions, vocab]` that one refinement pass materialises: the output projection
+# runs over chunks of positions so that peak memory does not grow with batch x length_beam x length x vocabulary.
+# A chunk holds at least one position (a vocabulary over the budget still works, one position at a time).
+LOGITS_BUDGET_BYTES = 64 * 2**20
+
+
+class NonFiniteScoresError(FloatingPointError):
+    """Decoding met NaN or infinite logits: the translations would be garbage (typically NaN weights from a
+    diverged training run, or a float16 overflow)."""
 
 
 @dataclass
@@ -88,6 +99,60 @@ DECODING_STRATEGIES = {
 }
 
 
+def predict_tokens(
+    hidden: torch.Tensor,
+    output_layer: nn.Linear,
+    special_ids: list[int],
+    with_scores: bool = True,
+    budget_bytes: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Most probable token (special tokens excluded) at each position and its log-probability under the full
+    distribution, computed over chunks of positions so that the float32 logits never exceed `budget_bytes`
+    (default `LOGITS_BUDGET_BYTES`; logsumexp adds a temporary of the same size). The result does not depend on
+    the chunking.
+
+    Args:
+        hidden: `[..., d_model]` decoder states.
+        output_layer: the output projection `d_model -> vocab`.
+        special_ids: token ids never predicted.
+        with_scores: False skips the normalisation over the vocabulary: the scores are then 0, or NaN where the
+            chosen logit is not finite, so that `check_finite` still catches a broken model.
+        budget_bytes: bound on one chunk's float32 logits.
+
+    Returns:
+        tokens (long) and scores (float32), both of shape `hidden.shape[:-1]`.
+    """
+    budget = LOGITS_BUDGET_BYTES if budget_bytes is None else budget_bytes
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    chunk = max(1, budget // (4 * output_layer.weight.shape[0]))  # positions per chunk
+    tokens, scores = [], []
+    for start in range(0, max(flat.shape[0], 1), chunk):  # an empty input still makes one (empty) chunk
+        logits = output_layer(flat[start : start + chunk]).float()  # [chunk, vocab]
+        log_normalizer = logits.logsumexp(-1) if with_scores else None  # no log_softmax copy of the logits
+        logits[:, special_ids] = float("-inf")
+        best_logits, best = logits.max(-1)
+        del logits
+        tokens.append(best)
+        scores.append(best_logits - log_normalizer if with_scores else best_logits * 0)
+    if len(tokens) == 1:
+        return tokens[0].view(hidden.shape[:-1]), scores[0].view(hidden.shape[:-1])
+    return torch.cat(tokens).view(hidden.shape[:-1]), torch.cat(scores).view(hidden.shape[:-1])
+
+
+def check_finite(length_logits: torch.Tensor, scores: torch.Tensor) -> None:
+    """Raise `NonFiniteScoresError` if the length logits or the token scores hold NaN or inf.
+
+    One host synchronisation, made once per `generate` call after the last pass: NaN logits give arbitrary tokens
+    (often end-of-sentence-only or empty strings) that must not pass for translations."""
+    finite = torch.stack([torch.isfinite(length_logits).all(), torch.isfinite(scores).all()]).tolist()
+    if not all(finite):
+        where = " and ".join(name for name, ok in zip(("length logits", "token scores"), finite, strict=True) if not ok)
+        raise NonFiniteScoresError(
+            f"generate produced non-finite (NaN or inf) {where}: the model's weights or activations are not finite "
+            "(a diverged training run, or an overflow in float16); its output would be garbage, so none is returned"
+        )
+
+
 def length_candidates(
     length_logits: torch.Tensor,
     source_lengths: torch.Tensor,
@@ -107,14 +172,15 @@ def length_candidates(
         max_length: longest target allowed.
 
     Returns:
-        `[batch, length_beam]` long. A non-empty source gets lengths in `[1, max_length]`.
+        `[batch, length_beam]` long. A non-empty source gets lengths in `[1, max_length]` (0 when `max_length`
+        is 0: the output cap leaves room for end-of-sentence only).
     """
     classes = length_logits.topk(length_beam, dim=-1).indices  # [batch, length_beam]
     if config.length_prediction_mode == "offset":
         lengths = source_lengths[:, None] + classes - config.max_length_offset
     else:
         lengths = classes
-    lengths = lengths.clamp(min=1, max=max_length)
+    lengths = lengths.clamp(min=min(1, max_length), max=max_length)
     return lengths.masked_fill(empty_source[:, None], 0)
 
 

@@ -1,17 +1,68 @@
-"""Load a saved NAT model (directory or Hub repo id) and translate lists of sentences in length-sorted batches."""
+"""Load a saved NAT model (directory or Hub repo id) and translate sentences in length-sorted batches: a list at
+once (`translate_texts`) or a stream, chunk by chunk, with a result per source (`translate_lines`)."""
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
 
+# files of which a saved tokenizer has at least one (a fast tokenizer's tokenizer.json, or the config that names a
+# slow tokenizer's vocabulary files)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
-def load_translator(name_or_path: str | Path, device: str = "cpu", **from_pretrained_kwargs):
-    """The model (through `AutoModelForSeq2SeqLM`, remote code allowed) and its tokenizer, ready to translate."""
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model under the given name: no such directory (nor Hub repo), or the directory lacks a file it needs."""
+
+
+def is_hub_repo_id(name: str) -> bool:
+    """Whether `name` has the form of a Hub repo id (`name` or `namespace/name`), so that a missing local path
+    may still be a repo to download (or to find in the offline cache)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_model_directory(path: Path) -> None:
+    """Raise `ModelNotFoundError` naming what is missing when `path` is not a saved model with its tokenizer,
+    before transformers fails deep inside its Hub code with a message about repo ids."""
+    if not path.is_dir():
+        raise ModelNotFoundError(f"{path} is a file, not a model directory")
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"model directory {path} has no config.json: it is not a saved model")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelNotFoundError(f"model directory {path} has no tokenizer: {' and '.join(TOKENIZER_FILES)} are "
+                                 "missing (save one with tokenizer.save_pretrained)")
+
+
+def load_translator(name_or_path: str | Path, device: str = "cpu", **from_pretrained_kwargs) -> tuple:
+    """The model (through `AutoModelForSeq2SeqLM`, remote code allowed) and its tokenizer, ready to translate.
+
+    Raises `ModelNotFoundError` with one clear message when the directory does not exist (and the name is no Hub
+    repo id), lacks its config or tokenizer files, or the Hub cannot provide the repo."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, trust_remote_code=True, **from_pretrained_kwargs)
-    model = model.to(device).eval()
-    return model, AutoTokenizer.from_pretrained(name_or_path)
+    path = Path(name_or_path)
+    local = path.exists()
+    if local:
+        check_model_directory(path)
+    elif not is_hub_repo_id(str(name_or_path)):
+        raise ModelNotFoundError(f"model directory {name_or_path} not found")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, trust_remote_code=True, **from_pretrained_kwargs)
+    except OSError as error:
+        if local:
+            raise ModelNotFoundError(f"could not load the model in {name_or_path}: {error}") from error
+        raise ModelNotFoundError(f"model {name_or_path} not found: no such directory, and loading it as a Hub repo "
+                                 f"id failed: {error}") from error
+    return model.to(device).eval(), tokenizer
 
 
 def output_limit(config) -> int:
@@ -19,6 +70,12 @@ def output_limit(config) -> int:
     predicts its n-th token from decoder position n - 1 (the start token sits at 0), so it reaches
     `max_position_embeddings` tokens."""
     return getattr(config, "max_target_positions", None) or config.max_position_embeddings
+
+
+def source_limit(config) -> int | None:
+    """The longest source, in tokens: NAT models name it `max_source_positions`, Marian/BART
+    `max_position_embeddings`."""
+    return getattr(config, "max_source_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
 def with_output_length_cap(model, generate_kwargs: dict) -> dict:
@@ -37,28 +94,134 @@ def with_output_length_cap(model, generate_kwargs: dict) -> dict:
     return {**generate_kwargs, "max_new_tokens": output_limit(model.config) - 1}
 
 
-@torch.no_grad()
+def check_generate_kwargs(model, generate_kwargs: dict) -> None:
+    """Raise `ValueError` naming a bad decoding option before any sentence is translated, for models that can
+    validate them (NAT's `_generation_options`, which pops from the dict it gets: it gets a copy). Other models
+    validate in `generate`."""
+    check = getattr(model, "_generation_options", None)
+    if check is not None:
+        check(None, dict(generate_kwargs))
+
+
+@dataclass(frozen=True)
+class UnreadableSource:
+    """A source line that could not be read as text (e.g. not UTF-8): `translate_lines` reports it as a failed
+    source, in its place, instead of ending the stream."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class TranslationResult:
+    """One source's outcome: its translation (empty for a blank source or a failed one), why it was not
+    translated (`error`), and how many tokens it had when `truncation` cut it (`truncated_from`)."""
+
+    text: str
+    error: str | None = None
+    truncated_from: int | None = None
+
+
+def over_long_sources(model, tokenizer, sources: list[str]) -> dict[int, int]:
+    """`{index: token count}` of the sources longer than the model accepts (blank sources are never run)."""
+    limit = source_limit(model.config)
+    indices = [index for index, source in enumerate(sources) if source.strip()]
+    if not limit or not indices:
+        return {}
+    encoded = tokenizer([sources[index] for index in indices], verbose=False)["input_ids"]
+    return {index: len(ids) for index, ids in zip(indices, encoded, strict=True) if len(ids) > limit}
+
+
+def too_long_message(tokens: int, limit: int) -> str:
+    return f"source has {tokens} tokens but the model accepts at most {limit}"
+
+
+def _translate_chunk(model, tokenizer, sources: list[str], batch_size: int, truncation: bool, generate_kwargs: dict,
+                     strict: bool, progress: Callable[[int], None] | None = None) -> list[TranslationResult]:
+    """Translate `sources` in batches of similar token length; results in input order. A blank source gets an
+    empty translation without running the model (a tokenizer turns spaces into word-boundary tokens, from which
+    the model would make words). An over-long source raises `ValueError` before any generation if `strict`, else
+    gets an `error` result; with `truncation` it is cut to the model's limit instead."""
+    limit = source_limit(model.config)
+    results: list[TranslationResult | None] = [None] * len(sources)
+    todo = []
+    for index, source in enumerate(sources):
+        if isinstance(source, UnreadableSource):
+            results[index] = TranslationResult("", error=f"{source.error} (not translated)")
+        elif source.strip():
+            todo.append(index)
+        else:
+            results[index] = TranslationResult("")
+    encoded = dict(zip(todo, tokenizer([sources[i] for i in todo], verbose=False)["input_ids"] if todo else [],
+                       strict=True))
+    over = {index: len(ids) for index, ids in encoded.items() if limit and len(ids) > limit}
+    if over and truncation:
+        cut = tokenizer([sources[i] for i in over], truncation=True, max_length=limit, verbose=False)["input_ids"]
+        encoded.update(zip(over, cut, strict=True))
+    elif over:
+        if strict:
+            first, tokens = next(iter(over.items()))
+            more = f" (and {len(over) - 1} more, at indices {list(over)[1:11]})" if len(over) > 1 else ""
+            raise ValueError(f"source {first} (0-based): {too_long_message(tokens, limit)}{more}; pass "
+                             "truncation=True to cut it")
+        for index, tokens in over.items():
+            results[index] = TranslationResult("", error=f"{too_long_message(tokens, limit)} (not translated)")
+            del encoded[index]
+    if progress is not None and len(encoded) < len(sources):
+        progress(len(sources) - len(encoded))
+    order = sorted(encoded, key=lambda index: len(encoded[index]))
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        longest = max(len(encoded[index]) for index in indices)
+        input_ids = torch.full((len(indices), longest), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(indices), longest), dtype=torch.long)
+        for row, index in enumerate(indices):  # right padding, as tokenizer(..., padding=True) gives
+            input_ids[row, : len(encoded[index])] = torch.tensor(encoded[index])
+            attention_mask[row, : len(encoded[index])] = 1
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                    **generate_kwargs)
+        for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
+            results[index] = TranslationResult(text, truncated_from=over.get(index))
+        if progress is not None:
+            progress(len(indices))
+    return results
+
+
+def _prepare(model, batch_size: int, generate_kwargs: dict) -> dict:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_generate_kwargs(model, generate_kwargs)
+    return with_output_length_cap(model, generate_kwargs)
+
+
 def translate_texts(model, tokenizer, sources: list[str], batch_size: int = 50, truncation: bool = False,
                     **generate_kwargs) -> list[str]:
     """Translate `sources` in batches of similar length (less padding); translations come back in input order.
 
-    `truncation=False` makes a source longer than `max_source_positions` an error rather than cutting it."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    config = model.config  # NAT models name the limit max_source_positions, Marian/BART max_position_embeddings
-    max_length = getattr(config, "max_source_positions", None) or getattr(config, "max_position_embeddings", None)
-    order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
-    translations = [""] * len(sources)
-    device = next(model.parameters()).device
-    generate_kwargs = with_output_length_cap(model, generate_kwargs)
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        limit = {"truncation": True, "max_length": max_length} if truncation and max_length else {}
-        batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True, **limit).to(device)
-        if max_length and batch["input_ids"].shape[1] > max_length:
-            raise ValueError(f"a source has {batch['input_ids'].shape[1]} tokens but the model accepts at most "
-                             f"{max_length}; pass truncation=True to cut it")
-        output = model.generate(**batch, **generate_kwargs)
-        for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
-            translations[index] = text
-    return translations
+    `truncation=False` makes a source longer than the model accepts a `ValueError` (naming its index, raised
+    before anything is translated) rather than cutting it. Blank sources translate to empty strings."""
+    generate_kwargs = _prepare(model, batch_size, generate_kwargs)
+    return [result.text for result in _translate_chunk(model, tokenizer, list(sources), batch_size, truncation,
+                                                       generate_kwargs, strict=True)]
+
+
+def translate_lines(model, tokenizer, sources: Iterable[str | UnreadableSource], batch_size: int = 50,
+                    truncation: bool = False, chunk_size: int = 1000, progress: Callable[[int], None] | None = None,
+                    **generate_kwargs) -> Iterator[TranslationResult]:
+    """Translate a stream of sources, `chunk_size` at a time (length-sorted into batches within a chunk), and yield
+    one `TranslationResult` per source, in input order, as soon as its chunk is done: long inputs give output
+    early, and a bad source (over-long without `truncation`) gets an `error` result instead of losing the run.
+    Options are checked now, before any input is read; `progress(n)` is called as `n` more sources finish."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    generate_kwargs = _prepare(model, batch_size, generate_kwargs)
+
+    def stream() -> Iterator[TranslationResult]:
+        iterator = iter(sources)
+        while chunk := list(islice(iterator, chunk_size)):
+            yield from _translate_chunk(model, tokenizer, chunk, batch_size, truncation, generate_kwargs,
+                                        strict=False, progress=progress)
+
+    return stream()

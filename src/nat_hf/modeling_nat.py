@@ -17,14 +17,22 @@ from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithCrossAttentions
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_nat import NATConfig
-from .decoding import DECODING_STRATEGIES, DecodingState, best_candidates, finish_sequences, length_candidates
+from .decoding import (
+    DECODING_STRATEGIES,
+    DecodingState,
+    best_candidates,
+    check_finite,
+    finish_sequences,
+    length_candidates,
+    predict_tokens,
+)
 from .objectives import OBJECTIVES
 
 # Decoding defaults; a model's `generation_config` (generation_config.json) and call-site kwargs override them.
@@ -46,12 +54,25 @@ class NATModelOutput(ModelOutput):
     Args:
         last_hidden_state: `[batch, target_len, d_model]` decoder output (`None` without decoder inputs).
         length_logits: `[batch, num_length_classes]` scores of the length predictor.
+        decoder_hidden_states: with `output_hidden_states`, `decoder_layers + 1` tensors `[batch, target_len,
+            d_model]`: the decoder input (embeddings + positions) and each layer's output (the last one after the
+            final LayerNorm when pre-norm, i.e. `last_hidden_state`).
+        decoder_attentions: with `output_attentions`, per decoder layer `[batch, heads, target_len, target_len]`
+            self-attention weights.
+        cross_attentions: with `output_attentions`, per decoder layer `[batch, heads, target_len, source_len]`.
         encoder_last_hidden_state: `[batch, source_len, d_model]` encoder output.
+        encoder_hidden_states: with `output_hidden_states`, `encoder_layers + 1` tensors, as for the decoder.
+        encoder_attentions: with `output_attentions`, per encoder layer `[batch, heads, source_len, source_len]`.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     length_logits: torch.FloatTensor | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -65,7 +86,9 @@ class NATSeq2SeqLMOutput(ModelOutput):
         length_logits: `[batch, num_length_classes]` scores of the length predictor.
         token_loss: the objective's token loss (with `labels`).
         length_loss: cross-entropy of the length predictor (with `labels`).
-        encoder_last_hidden_state: `[batch, source_len, d_model]` encoder output.
+        decoder_hidden_states, decoder_attentions, cross_attentions, encoder_last_hidden_state,
+        encoder_hidden_states, encoder_attentions: as in [`NATModelOutput`]; the decoder ones only with
+            `decoder_input_ids` (with `labels` the decoder passes belong to the objective and are not returned).
     """
 
     loss: torch.FloatTensor | None = None
@@ -73,7 +96,12 @@ class NATSeq2SeqLMOutput(ModelOutput):
     length_logits: torch.FloatTensor | None = None
     token_loss: torch.FloatTensor | None = None
     length_loss: torch.FloatTensor | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -97,7 +125,7 @@ class NATEncoderContext:
 
     hidden_states: torch.Tensor  # [rows, source_len, d_model]
     attention_mask: torch.Tensor  # [rows, source_len] bool
-    input_ids: torch.Tensor  # [rows, source_len], read by decoder_input_mode="copy"
+    input_ids: torch.Tensor | None  # [rows, source_len], read by decoder_input_mode="copy" (None: inputs_embeds)
     cross_attention_mask: torch.Tensor | None  # key-padding mask in the attention implementation's format
     cross_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, [rows, heads, src, head]
 
@@ -138,9 +166,40 @@ class NATPositionEmbedding(nn.Module):
         return self.weight[:length]
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention (`attn_implementation="eager"`): matmul, softmax, matmul. The only implementation that
+    returns the attention weights (`output_attentions=True`).
+
+    `query` `[rows, heads, q_len, head_dim]`, `key`/`value` `[rows, heads, k_len, head_dim]`; `attention_mask` is
+    additive (as transformers builds it for eager; a bool mask, True = attend, is accepted too), broadcastable to
+    `[rows, heads, q_len, k_len]`. Returns `[rows, q_len, heads, head_dim]` and the `[rows, heads, q_len, k_len]`
+    weights. Softmax in float32 for half-precision inputs."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
 class NATAttention(nn.Module):
     """Multi-head attention without any causal mask, through the transformers attention interface (SDPA by
-    default). Cross-attention keys and values can be computed once and passed back in (`key_value`)."""
+    default, `eager_attention_forward` for `"eager"`). Cross-attention keys and values can be computed once and
+    passed back in (`key_value`). Returns the output and the attention weights: `None` unless the implementation
+    is eager or `output_attentions=True`, which runs this call with `eager_attention_forward` (the other
+    implementations compute no weights)."""
 
     def __init__(self, config: NATConfig, num_heads: int):
         super().__init__()
@@ -167,17 +226,20 @@ class NATAttention(nn.Module):
         attention_mask: torch.Tensor | None,
         key_value_states: torch.Tensor | None = None,
         key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         rows, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(rows, length, -1, self.head_dim).transpose(1, 2)
         if key_value is None:
             key_value = self.key_value(hidden_states if key_value_states is None else key_value_states)
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, sdpa_attention_forward)
-        output, _ = attention(
+        attention = eager_attention_forward if output_attentions else ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention(
             self, query, *key_value, attention_mask,
             dropout=self.dropout if self.training else 0.0, scaling=self.scaling,
         )  # [rows, length, heads, head_dim]
-        return self.out_proj(output.reshape(rows, length, -1))
+        return self.out_proj(output.reshape(rows, length, -1)), weights
 
 
 class NATFeedForward(nn.Module):
@@ -207,6 +269,20 @@ class NATResidualLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + F.dropout(output, p=self.dropout, training=self.training)
         return hidden_states if self.normalize_before else layer_norm(hidden_states)
 
+    def attention_residual(
+        self, hidden_states: torch.Tensor, layer_norm: nn.LayerNorm, attention: NATAttention, *args,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`residual` around an attention sub-layer; also returns its attention weights."""
+        weights = []
+
+        def sublayer(states):
+            output, attention_weights = attention(states, *args, output_attentions=output_attentions)
+            weights.append(attention_weights)
+            return output
+
+        return self.residual(hidden_states, layer_norm, sublayer), weights[0]
+
 
 class NATEncoderLayer(NATResidualLayer):
     def __init__(self, config: NATConfig):
@@ -216,10 +292,15 @@ class NATEncoderLayer(NATResidualLayer):
         self.ffn = NATFeedForward(config, config.encoder_ffn_dim)
         self.final_layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        hidden_states = self.residual(hidden_states, self.self_attn_layer_norm,
-                                      lambda h: self.self_attn(h, attention_mask))
-        return self.residual(hidden_states, self.final_layer_norm, self.ffn)
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> output states and self-attention weights (see `NATAttention`)."""
+        hidden_states, weights = self.attention_residual(
+            hidden_states, self.self_attn_layer_norm, self.self_attn, attention_mask,
+            output_attentions=output_attentions,
+        )
+        return self.residual(hidden_states, self.final_layer_norm, self.ffn), weights
 
 
 class NATDecoderLayer(NATResidualLayer):
@@ -239,14 +320,18 @@ class NATDecoderLayer(NATResidualLayer):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
         cross_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        hidden_states = self.residual(hidden_states, self.self_attn_layer_norm,
-                                      lambda h: self.self_attn(h, attention_mask))
-        hidden_states = self.residual(
-            hidden_states, self.encoder_attn_layer_norm,
-            lambda h: self.encoder_attn(h, encoder_attention_mask, encoder_hidden_states, cross_key_value),
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """-> output states, self-attention and cross-attention weights (see `NATAttention`)."""
+        hidden_states, self_weights = self.attention_residual(
+            hidden_states, self.self_attn_layer_norm, self.self_attn, attention_mask,
+            output_attentions=output_attentions,
         )
-        return self.residual(hidden_states, self.final_layer_norm, self.ffn)
+        hidden_states, cross_weights = self.attention_residual(
+            hidden_states, self.encoder_attn_layer_norm, self.encoder_attn,
+            encoder_attention_mask, encoder_hidden_states, cross_key_value, output_attentions=output_attentions,
+        )
+        return self.residual(hidden_states, self.final_layer_norm, self.ffn), self_weights, cross_weights
 
 
 class NATPreTrainedModel(PreTrainedModel):
@@ -254,9 +339,14 @@ class NATPreTrainedModel(PreTrainedModel):
     config_class = NATConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
+    # SDPA (default) and eager only. Not flex attention: padding masks are built once per batch, broadcast over
+    # queries ([rows, 1, 1, keys]), and a flex BlockMask needs the query length. Not flash attention: its padding
+    # path (`_upad_input`) unpads the queries of a cross-attention whose query length differs from the key
+    # length with the LAST query_length columns of the key mask (left-padding semantics), which is wrong for
+    # right-padded sources; and it cannot be tested on CPU.
     _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
     _no_split_modules = ["NATEncoderLayer", "NATDecoderLayer"]
 
     def _init_weights(self, module):
@@ -266,6 +356,129 @@ class NATPreTrainedModel(PreTrainedModel):
                 init.copy_(module.weight, sinusoidal_positions(*module.weight.shape))
             else:
                 init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    # ----------------------------------------------------------------------------------------------- checks
+    # One rule for every entry point (NATModel.forward, NATForConditionalGeneration.forward and generate). In
+    # eager mode every check runs on the values and raises a ValueError naming the problem. While torch.export or
+    # torch.compile traces the model, the checks on values (padding layout, vocabulary range, lengths) are skipped:
+    # they need the data on the host, which a traced graph cannot branch on. Checks on shapes and dtypes always run.
+    def _check_source(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        trim: bool = True,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Validate the source batch (right-padded; ids in the vocabulary except at padded positions, which are
+        never looked up). Return the source (`input_ids`, or `inputs_embeds` `[batch, length, d_model]` when given
+        instead) and a bool mask, trimmed to the longest row (`trim=True`, for `generate`) or else to at most
+        `max_source_positions` columns; not trimmed while traced."""
+        config = self.config
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("pass the source as input_ids or as inputs_embeds, not both")
+        if inputs_embeds is not None:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.d_model:
+                raise ValueError(f"inputs_embeds must be [batch, length, d_model={config.d_model}], got "
+                                 f"{tuple(inputs_embeds.shape)}")
+            shape = inputs_embeds.shape[:2]
+        elif input_ids is None:
+            raise ValueError("input_ids is required (or inputs_embeds)")
+        elif input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"input_ids must be a 2-D integer tensor [batch, length], got {tuple(input_ids.shape)} "
+                             f"{input_ids.dtype}")
+        else:
+            shape = input_ids.shape
+        if shape[0] == 0 or shape[1] == 0:
+            raise ValueError(f"the source is empty: shape {tuple(shape)}")
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool()
+        elif input_ids is not None:
+            attention_mask = input_ids != config.pad_token_id
+        else:
+            attention_mask = torch.ones(shape, dtype=torch.bool, device=inputs_embeds.device)
+        if attention_mask.shape != shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} differs from the source shape "
+                             f"{tuple(shape)}")
+        if torch.compiler.is_compiling():
+            return input_ids, attention_mask
+        lengths = attention_mask.sum(-1)
+        if (lengths == 0).any():
+            rows = (lengths == 0).nonzero().flatten().tolist()
+            raise ValueError(f"rows {rows} of the batch are all padding: each source needs at least its "
+                             "end-of-sentence token")
+        if (attention_mask[:, 1:] & ~attention_mask[:, :-1]).any():
+            raise ValueError("attention_mask must be right-padded (ones, then zeros); left padding is not supported")
+        if input_ids is not None:
+            out_of_vocab = attention_mask & ((input_ids < 0) | (input_ids >= config.vocab_size))
+            if out_of_vocab.any():
+                bad = input_ids[out_of_vocab].unique().tolist()[:10]
+                raise ValueError(f"input_ids holds ids outside the vocabulary [0, {config.vocab_size}): {bad}")
+        longest = int(lengths.max())
+        if longest > config.max_source_positions:
+            raise ValueError(
+                f"a source has {longest} tokens but the model accepts at most max_source_positions="
+                f"{config.max_source_positions}; tokenize with truncation=True (max_length="
+                f"{config.max_source_positions}) to truncate"
+            )
+        width = longest if trim else min(shape[1], config.max_source_positions)
+        if input_ids is not None:
+            input_ids = input_ids[:, :width]
+        else:
+            inputs_embeds = inputs_embeds[:, :width]
+        return (input_ids if inputs_embeds is None else inputs_embeds), attention_mask[:, :width]
+
+    def _check_decoder_inputs(
+        self,
+        decoder_input_ids: torch.Tensor | None,
+        decoder_attention_mask: torch.Tensor | None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Validate decoder inputs; return their bool target mask (from `decoder_attention_mask`, else the
+        non-pad ids, else all ones for `decoder_inputs_embeds`). Ids at masked positions are not checked and
+        never looked up."""
+        config = self.config
+        if decoder_input_ids is not None and decoder_inputs_embeds is not None:
+            raise ValueError("pass decoder_input_ids or decoder_inputs_embeds, not both")
+        if decoder_inputs_embeds is not None:
+            if decoder_inputs_embeds.dim() != 3 or decoder_inputs_embeds.shape[-1] != config.d_model:
+                raise ValueError(f"decoder_inputs_embeds must be [batch, length, d_model={config.d_model}], got "
+                                 f"{tuple(decoder_inputs_embeds.shape)}")
+            if config.decoder_input_mode != "mask":
+                raise ValueError("decoder_inputs_embeds needs decoder_input_mode='mask': a 'copy' decoder reads "
+                                 "the source, not decoder inputs")
+            shape = decoder_inputs_embeds.shape[:2]
+        elif decoder_input_ids.dim() != 2 or decoder_input_ids.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"decoder_input_ids must be a 2-D integer tensor [batch, length], got "
+                             f"{tuple(decoder_input_ids.shape)} {decoder_input_ids.dtype}")
+        else:
+            shape = decoder_input_ids.shape
+        if shape[1] > config.max_target_positions:
+            raise ValueError(f"decoder inputs have {shape[1]} positions but max_target_positions is "
+                             f"{config.max_target_positions}")
+        if decoder_attention_mask is not None:
+            target_mask = decoder_attention_mask.bool()
+        elif decoder_input_ids is not None:
+            target_mask = decoder_input_ids != config.pad_token_id
+        else:
+            target_mask = torch.ones(shape, dtype=torch.bool, device=decoder_inputs_embeds.device)
+        if target_mask.shape != shape:
+            raise ValueError(f"decoder_attention_mask shape {tuple(target_mask.shape)} differs from the decoder "
+                             f"input shape {tuple(shape)}")
+        if decoder_input_ids is not None and not torch.compiler.is_compiling():
+            out_of_vocab = target_mask & ((decoder_input_ids < 0) | (decoder_input_ids >= config.vocab_size))
+            if out_of_vocab.any():
+                bad = decoder_input_ids[out_of_vocab].unique().tolist()[:10]
+                raise ValueError(f"decoder_input_ids holds ids outside the vocabulary [0, {config.vocab_size}): "
+                                 f"{bad}")
+        return target_mask
+
+    def _output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None) -> tuple[bool, bool]:
+        """Resolve the output flags: the argument, else the config. `output_attentions=True` runs that call's
+        attention with `eager_attention_forward`, whatever the configured implementation."""
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return bool(output_attentions), bool(output_hidden_states)
 
 
 class NATEncoder(nn.Module):
@@ -280,12 +493,29 @@ class NATEncoder(nn.Module):
         self.layers = nn.ModuleList(NATEncoderLayer(config) for _ in range(config.encoder_layers))
         self.layer_norm = nn.LayerNorm(config.d_model) if config.normalize_before else None
 
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutput:
+        """Scaled token embeddings and the prepared key-padding mask -> encoder states (and, on request, every
+        layer's states and attention weights)."""
         hidden_states = inputs_embeds + self.embed_positions(inputs_embeds.shape[1])
         hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        all_states, all_weights = [hidden_states], []
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask)
-        return hidden_states if self.layer_norm is None else self.layer_norm(hidden_states)
+            hidden_states, weights = layer(hidden_states, attention_mask, output_attentions)
+            all_states.append(hidden_states)
+            all_weights.append(weights)
+        if self.layer_norm is not None:
+            hidden_states = all_states[-1] = self.layer_norm(hidden_states)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_states) if output_hidden_states else None,
+            attentions=tuple(all_weights) if output_attentions else None,
+        )
 
 
 class NATDecoder(nn.Module):
@@ -301,16 +531,35 @@ class NATDecoder(nn.Module):
         self.layer_norm = nn.LayerNorm(config.d_model) if config.normalize_before else None
 
     def forward(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, context: NATEncoderContext
-    ) -> torch.Tensor:
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        context: NATEncoderContext,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutputWithCrossAttentions:
+        """Decoder input embeddings, the prepared self-attention mask and the encoder context -> decoder states
+        (and, on request, every layer's states, self- and cross-attention weights)."""
         hidden_states = inputs_embeds + self.embed_positions(inputs_embeds.shape[1])
         hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        all_states, self_weights, cross_weights = [hidden_states], [], []
         for index, layer in enumerate(self.layers):
             key_value = None if context.cross_key_values is None else context.cross_key_values[index]
-            hidden_states = layer(
-                hidden_states, attention_mask, context.hidden_states, context.cross_attention_mask, key_value
+            hidden_states, weights, cross = layer(
+                hidden_states, attention_mask, context.hidden_states, context.cross_attention_mask, key_value,
+                output_attentions,
             )
-        return hidden_states if self.layer_norm is None else self.layer_norm(hidden_states)
+            all_states.append(hidden_states)
+            self_weights.append(weights)
+            cross_weights.append(cross)
+        if self.layer_norm is not None:
+            hidden_states = all_states[-1] = self.layer_norm(hidden_states)
+        return BaseModelOutputWithCrossAttentions(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_states) if output_hidden_states else None,
+            attentions=tuple(self_weights) if output_attentions else None,
+            cross_attentions=tuple(cross_weights) if output_attentions else None,
+        )
 
 
 class NATModel(NATPreTrainedModel):
@@ -341,15 +590,32 @@ class NATModel(NATPreTrainedModel):
 
     def key_padding_mask(self, padding_mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
         """`[rows, keys]` bool (True = attend) -> the mask format of the configured attention implementation,
-        broadcast over queries (`None` when nothing is masked)."""
+        broadcast over queries (`None` when nothing is masked): a bool mask for SDPA, an additive one for eager,
+        each `[rows, 1, 1, keys]`, built once per batch whatever the query length (why flex attention, whose
+        BlockMask needs the query length, is not supported)."""
         dummy_queries = like.new_empty(padding_mask.shape[0], 1, 1)  # only its shape, dtype and device are read
         return create_bidirectional_mask(config=self.config, inputs_embeds=dummy_queries, attention_mask=padding_mask)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """`[batch, source_len]` ids and bool mask -> `[batch, source_len, d_model]` encoder states."""
-        embed = self.shared if self.source_embed_tokens is None else self.source_embed_tokens
-        inputs_embeds = embed(input_ids) * self.embed_scale
-        return self.encoder(inputs_embeds, self.key_padding_mask(attention_mask, inputs_embeds))
+        return self.encoder_outputs(input_ids, attention_mask).last_hidden_state
+
+    def encoder_outputs(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutput:
+        """The encoder's `BaseModelOutput` for ids (padded positions read as pad, so whatever they hold is never
+        looked up) or for `inputs_embeds` (what the source embedding returns, before `embed_scale`)."""
+        if inputs_embeds is None:
+            embed = self.shared if self.source_embed_tokens is None else self.source_embed_tokens
+            inputs_embeds = embed(input_ids.masked_fill(~attention_mask, self.config.pad_token_id))
+        inputs_embeds = inputs_embeds * self.embed_scale
+        return self.encoder(inputs_embeds, self.key_padding_mask(attention_mask, inputs_embeds),
+                            output_hidden_states, output_attentions)
 
     def predict_length(self, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Length logits `[batch, num_length_classes]` from the mean of the non-padding encoder states."""
@@ -359,7 +625,7 @@ class NATModel(NATPreTrainedModel):
 
     def make_context(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         precompute_cross_attention: bool = False,
@@ -391,14 +657,17 @@ class NATModel(NATPreTrainedModel):
         mode, source token embeddings copied uniformly onto the target positions (Gu et al., 2018), position j of
         a target of length T taking source position round(j * (S - 1) / (T - 1))."""
         if self.config.decoder_input_mode == "mask":
-            return self.shared(decoder_input_ids) * self.embed_scale
+            # masked positions read as pad: whatever they hold is never looked up
+            return self.shared(decoder_input_ids.masked_fill(~target_mask, self.config.pad_token_id)) * self.embed_scale
+        if context.input_ids is None:
+            raise ValueError("decoder_input_mode='copy' copies source tokens: pass input_ids, not inputs_embeds")
         embed = self.shared if self.source_embed_tokens is None else self.source_embed_tokens
         source_lengths = context.attention_mask.sum(-1, keepdim=True)  # [rows, 1]
         target_lengths = target_mask.sum(-1, keepdim=True)  # [rows, 1]
         positions = torch.arange(target_mask.shape[1], device=target_mask.device)[None, :]
         step = (source_lengths - 1) / (target_lengths - 1).clamp(min=1)
         index = (positions * step).round().long().clamp(max=source_lengths - 1)  # [rows, target_len]
-        copied_ids = context.input_ids.gather(1, index)
+        copied_ids = context.input_ids.masked_fill(~context.attention_mask, self.config.pad_token_id).gather(1, index)
         return embed(copied_ids) * self.embed_scale
 
     def decode(
@@ -410,30 +679,76 @@ class NATModel(NATPreTrainedModel):
     ) -> torch.Tensor:
         """Decoder states `[rows, target_len, d_model]`; pass a prepared `self_attention_mask` to skip its
         construction (generate prepares it once)."""
-        inputs_embeds = self.decoder_inputs_embeds(decoder_input_ids, target_mask, context)
+        return self.decoder_outputs(decoder_input_ids, target_mask, context, self_attention_mask).last_hidden_state
+
+    def decoder_outputs(
+        self,
+        decoder_input_ids: torch.Tensor | None,
+        target_mask: torch.Tensor,
+        context: NATEncoderContext,
+        self_attention_mask: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutputWithCrossAttentions:
+        """The decoder's output for ids or for `decoder_inputs_embeds` (what the target embedding returns, before
+        `embed_scale`; `"mask"` mode only)."""
+        if decoder_inputs_embeds is None:
+            inputs_embeds = self.decoder_inputs_embeds(decoder_input_ids, target_mask, context)
+        else:
+            inputs_embeds = decoder_inputs_embeds * self.embed_scale
         if self_attention_mask is None:
             self_attention_mask = self.decoder_self_attention_mask(target_mask, inputs_embeds)
-        return self.decoder(inputs_embeds, self_attention_mask, context)
+        return self.decoder(inputs_embeds, self_attention_mask, context, output_hidden_states, output_attentions)
 
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
-    ) -> NATModelOutput:
-        attention_mask = attention_mask.bool() if attention_mask is not None else input_ids != self.config.pad_token_id
-        encoder_hidden_states = self.encode(input_ids, attention_mask)
-        decoder_hidden_states = None
-        if decoder_input_ids is not None:
-            context = self.make_context(input_ids, attention_mask, encoder_hidden_states)
-            target_mask = (decoder_attention_mask.bool() if decoder_attention_mask is not None
-                           else decoder_input_ids != self.config.pad_token_id)
-            decoder_hidden_states = self.decode(decoder_input_ids, target_mask, context)
+        inputs_embeds: torch.FloatTensor | None = None,
+        decoder_inputs_embeds: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> NATModelOutput | tuple:
+        """Encoder states and length logits of the source; decoder states too when decoder inputs are given.
+
+        Args:
+            input_ids: `[batch, source_len]` right-padded source ids (or `inputs_embeds`, `[batch, source_len,
+                d_model]`, what the source embedding returns, before `embed_scale`).
+            attention_mask: 1 on real source tokens (default: the non-pad ids; all ones with `inputs_embeds`).
+                Left padding raises ValueError. Ids at padded positions are never looked up.
+            decoder_input_ids: `[batch, target_len]` decoder inputs (`<mask>` at unknown positions), or
+                `decoder_inputs_embeds`.
+            decoder_attention_mask: 1 on real target positions (default: the non-pad ids; all ones with
+                `decoder_inputs_embeds`).
+            output_attentions / output_hidden_states / return_dict: override the config's. With
+                `output_attentions=True` the attention of that call is computed eagerly (matmul + softmax) whatever
+                `attn_implementation` is, since only eager attention has weights to return.
+        """
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
+        source, attention_mask = self._check_source(input_ids, attention_mask, trim=False, inputs_embeds=inputs_embeds)
+        input_ids, inputs_embeds = (None, source) if inputs_embeds is not None else (source, None)
+        encoder = self.encoder_outputs(input_ids, attention_mask, inputs_embeds, output_hidden_states,
+                                       output_attentions)
+        decoder = BaseModelOutputWithCrossAttentions()
+        if decoder_input_ids is not None or decoder_inputs_embeds is not None:
+            target_mask = self._check_decoder_inputs(decoder_input_ids, decoder_attention_mask, decoder_inputs_embeds)
+            context = self.make_context(input_ids, attention_mask, encoder.last_hidden_state)
+            decoder = self.decoder_outputs(decoder_input_ids, target_mask, context, None, decoder_inputs_embeds,
+                                           output_hidden_states, output_attentions)
         return NATModelOutput(
-            last_hidden_state=decoder_hidden_states,
-            length_logits=self.predict_length(encoder_hidden_states, attention_mask),
-            encoder_last_hidden_state=encoder_hidden_states,
+            last_hidden_state=decoder.last_hidden_state,
+            length_logits=self.predict_length(encoder.last_hidden_state, attention_mask),
+            decoder_hidden_states=decoder.hidden_states,
+            decoder_attentions=decoder.attentions,
+            cross_attentions=decoder.cross_attentions,
+            encoder_last_hidden_state=encoder.last_hidden_state,
+            encoder_hidden_states=encoder.hidden_states,
+            encoder_attentions=encoder.attentions,
         )
 
 
@@ -480,43 +795,6 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
     def get_encoder(self) -> NATEncoder:
         return self.model.encoder
 
-    # ----------------------------------------------------------------------------------------------- checks
-    def _check_source(
-        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate the source batch; return it trimmed to its longest row, with a bool mask."""
-        config = self.config
-        if input_ids is None:
-            raise ValueError("input_ids is required")
-        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"input_ids must be a 2-D integer tensor [batch, length], got {tuple(input_ids.shape)} "
-                             f"{input_ids.dtype}")
-        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
-        attention_mask = input_ids != config.pad_token_id if attention_mask is None else attention_mask.bool()
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids shape "
-                             f"{tuple(input_ids.shape)}")
-        lengths = attention_mask.sum(-1)
-        if (lengths == 0).any():
-            rows = (lengths == 0).nonzero().flatten().tolist()
-            raise ValueError(f"rows {rows} of the batch are all padding: each source needs at least its "
-                             "end-of-sentence token")
-        if (attention_mask[:, 1:] & ~attention_mask[:, :-1]).any():
-            raise ValueError("attention_mask must be right-padded (ones, then zeros); left padding is not supported")
-        out_of_vocab = attention_mask & ((input_ids < 0) | (input_ids >= config.vocab_size))
-        if out_of_vocab.any():
-            bad = input_ids[out_of_vocab].unique().tolist()[:10]
-            raise ValueError(f"input_ids holds ids outside the vocabulary [0, {config.vocab_size}): {bad}")
-        longest = int(lengths.max())
-        if longest > config.max_source_positions:
-            raise ValueError(
-                f"a source has {longest} tokens but the model accepts at most max_source_positions="
-                f"{config.max_source_positions}; tokenize with truncation=True (max_length="
-                f"{config.max_source_positions}) to truncate"
-            )
-        return input_ids[:, :longest], attention_mask[:, :longest]
-
     def _prepare_targets(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`labels` (right-padded with pad or -100, optionally closed by end-of-sentence) -> target ids without
         end-of-sentence, pad-filled, and their bool mask, trimmed to the longest target."""
@@ -556,37 +834,66 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         """One decoder pass: `[rows, target_len]` inputs -> `[rows, target_len, vocab]` logits."""
         return self.lm_head(self.model.decode(decoder_input_ids, target_mask, context, self_attention_mask))
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
-    ) -> NATSeq2SeqLMOutput:
+        labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        decoder_inputs_embeds: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> NATSeq2SeqLMOutput | tuple:
         """With `labels`: the training loss of `config.objective` plus the weighted length loss. With
-        `decoder_input_ids` (and no labels): the logits of one decoder pass over them. The source is
-        `input_ids` (right-padded) and its `attention_mask`; `labels` are target ids right-padded with pad or
-        -100, as a tokenizer's `text_target` gives them."""
-        input_ids, attention_mask = self._check_source(input_ids, attention_mask)
-        encoder_hidden_states = self.model.encode(input_ids, attention_mask)
-        length_logits = self.model.predict_length(encoder_hidden_states, attention_mask)
-        context = self.model.make_context(input_ids, attention_mask, encoder_hidden_states)
-        loss = token_loss = length_loss = logits = None
-        if labels is not None:
-            target, target_mask = self._prepare_targets(labels)
-            objective = OBJECTIVES[self.config.objective](self, target, target_mask, context)
-            length_target = self.length_classes(target_mask.sum(-1), attention_mask.sum(-1))
-            length_loss = F.cross_entropy(length_logits, length_target)
-            token_loss, logits = objective.loss, objective.logits
-            loss = token_loss + self.config.length_loss_weight * length_loss
-        elif decoder_input_ids is not None:
-            target_mask = (decoder_attention_mask.bool() if decoder_attention_mask is not None
-                           else decoder_input_ids != self.config.pad_token_id)
-            logits = self.decoder_logits(decoder_input_ids, target_mask, context)
+        `decoder_input_ids` (or `decoder_inputs_embeds`): the logits of one decoder pass over them.
+
+        The source is `input_ids` (right-padded; or `inputs_embeds`) and its `attention_mask`, as in
+        [`NATModel.forward`]. `labels` are target ids right-padded with pad or -100, as a tokenizer's `text_target`
+        gives them. `labels` together with decoder inputs raises ValueError: the objective builds the decoder
+        inputs from the labels (e.g. CMLM's random masking), so given ones could not be used as given.
+        """
+        if labels is not None and (decoder_input_ids is not None or decoder_inputs_embeds is not None):
+            raise ValueError(
+                "pass labels (the training objective builds the decoder inputs from them) or decoder_input_ids / "
+                "decoder_inputs_embeds (one decoder pass over given inputs), not both"
+            )
+        if labels is None:
+            outputs = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=decoder_attention_mask, inputs_embeds=inputs_embeds,
+                decoder_inputs_embeds=decoder_inputs_embeds, output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states, return_dict=True,
+            )
+            return NATSeq2SeqLMOutput(
+                logits=None if outputs.last_hidden_state is None else self.lm_head(outputs.last_hidden_state),
+                length_logits=outputs.length_logits,
+                decoder_hidden_states=outputs.decoder_hidden_states,
+                decoder_attentions=outputs.decoder_attentions,
+                cross_attentions=outputs.cross_attentions,
+                encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+                encoder_hidden_states=outputs.encoder_hidden_states,
+                encoder_attentions=outputs.encoder_attentions,
+            )
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
+        source, attention_mask = self._check_source(input_ids, attention_mask, trim=False, inputs_embeds=inputs_embeds)
+        input_ids, inputs_embeds = (None, source) if inputs_embeds is not None else (source, None)
+        encoder = self.model.encoder_outputs(input_ids, attention_mask, inputs_embeds, output_hidden_states,
+                                             output_attentions)
+        length_logits = self.model.predict_length(encoder.last_hidden_state, attention_mask)
+        context = self.model.make_context(input_ids, attention_mask, encoder.last_hidden_state)
+        target, target_mask = self._prepare_targets(labels)
+        objective = OBJECTIVES[self.config.objective](self, target, target_mask, context)
+        length_target = self.length_classes(target_mask.sum(-1), attention_mask.sum(-1))
+        length_loss = F.cross_entropy(length_logits, length_target)
+        loss = objective.loss + self.config.length_loss_weight * length_loss
         return NATSeq2SeqLMOutput(
-            loss=loss, logits=logits, length_logits=length_logits, token_loss=token_loss, length_loss=length_loss,
-            encoder_last_hidden_state=encoder_hidden_states,
+            loss=loss, logits=objective.logits, length_logits=length_logits, token_loss=objective.loss,
+            length_loss=length_loss, encoder_last_hidden_state=encoder.last_hidden_state,
+            encoder_hidden_states=encoder.hidden_states, encoder_attentions=encoder.attentions,
         )
 
     # ------------------------------------------------------------------------------------------ decoding
@@ -605,8 +912,12 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
 
         `max_masked`, an upper bound on the masked positions of any row known without a host sync, limits the
         output projection (the largest single layer) to that many positions per row. `with_scores=False` skips
-        the normalisation over the vocabulary (the new tokens get score 0), for a last pass whose scores nobody
-        reads: one-pass decoding with a single length candidate."""
+        the normalisation over the vocabulary (the new tokens get score 0, NaN where the logit is not finite), for
+        a last pass whose scores nobody reads: one-pass decoding with a single length candidate.
+
+        Memory: the projection runs over chunks of positions (`decoding.predict_tokens`), so the float32 logits
+        take at most `decoding.LOGITS_BUDGET_BYTES` (64 MiB; twice that with logsumexp's temporary) whatever the
+        batch, length beam, length and vocabulary; tokens and scores do not depend on the chunking."""
         config = self.config
         decoder_input_ids = state.tokens.masked_fill(remask, config.mask_token_id)
         hidden = self.model.decode(decoder_input_ids, state.valid, context, self_attention_mask)
@@ -615,14 +926,10 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
             # the masked positions of each row first (then filler positions whose result is discarded)
             positions = remask.to(torch.int8).sort(dim=-1, descending=True, stable=True).indices[:, :max_masked]
             hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # [rows, k, d_model]
-        logits = self.lm_head(hidden).float()  # [rows, positions, vocab]
-        log_normalizer = logits.logsumexp(-1) if with_scores else None  # no log_softmax copy of the logits
         special = [i for i in (config.pad_token_id, config.eos_token_id, config.mask_token_id,
                                config.blank_token_id, config.bos_token_id) if i is not None]
-        logits[..., special] = float("-inf")
-        best_logits, tokens = logits.max(-1)
-        # log-probability of the chosen token under the full distribution
-        scores = best_logits - log_normalizer if with_scores else torch.zeros_like(best_logits)
+        # [rows, positions] each; scores: log-probability of the chosen token under the full distribution
+        tokens, scores = predict_tokens(hidden, self.lm_head, special, with_scores)
         if positions is not None:
             tokens = state.tokens.scatter(1, positions, tokens)
             scores = state.scores.scatter(1, positions, scores)
@@ -642,28 +949,39 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
 
     def _generation_options(self, generation_config: GenerationConfig | None, kwargs: dict) -> dict:
         """Resolve decoding options (call-site kwargs > generation config > defaults) and reject what NAT
-        decoding cannot honour."""
+        decoding cannot honour, with a ValueError naming the option, before any computation. Pops what it reads
+        from `kwargs`."""
         generation_config = generation_config if generation_config is not None else self.generation_config
+        if not isinstance(generation_config, GenerationConfig):
+            raise ValueError(f"generation_config must be a transformers.GenerationConfig, got "
+                             f"{type(generation_config).__name__}")
+
+        def check_integer(name: str, value, minimum: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
         options = {name: kwargs.pop(name, getattr(generation_config, name, default))
                    for name, default in NAT_GENERATION_DEFAULTS.items()}
         do_sample = kwargs.pop("do_sample", generation_config.do_sample)
         num_beams = kwargs.pop("num_beams", generation_config.num_beams)
+        if do_sample is not None and not isinstance(do_sample, bool):
+            raise ValueError(f"do_sample must be a bool, got {do_sample!r}")
         if do_sample:
             raise ValueError("do_sample=True is an autoregressive option: NAT decoding is deterministic "
                              "(use num_iterations and length_beam)")
-        if num_beams is not None and num_beams > 1:
-            raise ValueError(f"num_beams={num_beams} is beam search, an autoregressive option: NAT decoding "
-                             "searches over lengths instead (use length_beam)")
+        if num_beams is not None:
+            check_integer("num_beams", num_beams, 1)
+            if num_beams > 1:
+                raise ValueError(f"num_beams={num_beams} is beam search, an autoregressive option: NAT decoding "
+                                 "searches over lengths instead (use length_beam)")
         for name in ("num_iterations", "length_beam"):
-            value = options[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_integer(name, options[name], 1)
         if options["length_beam"] > self.config.num_length_classes:
             raise ValueError(f"length_beam={options['length_beam']} exceeds the number of length classes "
                              f"({self.config.num_length_classes})")
-        if options["decoding_strategy"] not in DECODING_STRATEGIES:
-            raise ValueError(f"decoding_strategy must be one of {sorted(DECODING_STRATEGIES)}, "
-                             f"got {options['decoding_strategy']!r}")
+        strategy = options["decoding_strategy"]
+        if not isinstance(strategy, str) or strategy not in DECODING_STRATEGIES:
+            raise ValueError(f"decoding_strategy must be one of {sorted(DECODING_STRATEGIES)}, got {strategy!r}")
         if options["num_iterations"] > 1 and self.config.decoder_input_mode != "mask":
             raise ValueError("num_iterations > 1 needs decoder_input_mode='mask': a 'copy' decoder cannot "
                              "condition on its own previous output")
@@ -672,13 +990,13 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         call_max_length = kwargs.pop("max_length", None)  # the config's max_length (default 20) is an AR default
         for name, value in (("max_new_tokens", max_new_tokens), ("max_length", call_max_length)):
             if value is not None:
-                if value < 1:
-                    raise ValueError(f"{name} must be >= 1, got {value}")
+                check_integer(name, value, 1)
                 max_length = min(max_length, value - 1)  # the returned sequence ends with end-of-sentence
-        options["max_length"] = max(max_length, 1)
-        options["return_dict_in_generate"] = kwargs.pop(
-            "return_dict_in_generate", generation_config.return_dict_in_generate
-        )
+        options["max_length"] = max_length  # target tokens before end-of-sentence; 0: empty translations
+        return_dict = kwargs.pop("return_dict_in_generate", generation_config.return_dict_in_generate)
+        if return_dict is not None and not isinstance(return_dict, bool):
+            raise ValueError(f"return_dict_in_generate must be a bool, got {return_dict!r}")
+        options["return_dict_in_generate"] = bool(return_dict)  # None (the v5 default): False
         for name in IGNORED_GENERATE_KWARGS:
             kwargs.pop(name, None)
         if kwargs:
@@ -709,12 +1027,21 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
             attention_mask: `[batch, source_len]`, 1 on real tokens (derived from padding if omitted).
             generation_config: overrides `self.generation_config`.
             kwargs: `num_iterations`, `length_beam`, `decoding_strategy`, `max_new_tokens` / `max_length` (cap on
-                the returned sequence, end-of-sentence included), `return_dict_in_generate`.
+                the returned sequence, end-of-sentence included: a cap of 1 leaves end-of-sentence alone, an empty
+                translation), `return_dict_in_generate`. A bad option raises ValueError before any computation.
 
         Returns:
             `[batch, longest + 1]` LongTensor: tokens, end-of-sentence, then padding (a `NATGenerateOutput` with
             `return_dict_in_generate=True`). A source with no token besides end-of-sentence gives an empty
             translation.
+
+        Raises:
+            decoding.NonFiniteScoresError (a FloatingPointError): the length logits or the token scores hold NaN or
+                inf (e.g. NaN weights), checked once after the last pass; no garbage translation is returned.
+
+        Memory: besides the model's activations, each pass materialises at most `decoding.LOGITS_BUDGET_BYTES`
+        (64 MiB) of float32 logits (twice that with logsumexp's temporary): the output projection runs over
+        chunks of positions, so the peak does not grow with batch x length_beam x length x vocabulary.
         """
         if inputs is not None and input_ids is not None:
             raise ValueError("pass the source as `inputs` or as `input_ids`, not both")
@@ -736,6 +1063,7 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         # the last pass's scores pick among length candidates and are returned with return_dict_in_generate
         final_scores = length_beam > 1 or options["return_dict_in_generate"]
         state = strategy(self, context, lengths.flatten(), options["num_iterations"], final_scores)
+        check_finite(length_logits, state.scores)  # the one check on values: raises rather than return garbage
         tokens, best_lengths, scores = best_candidates(state, length_beam)
         sequences = finish_sequences(tokens, best_lengths, config.eos_token_id, config.pad_token_id)
         if options["return_dict_in_generate"]:

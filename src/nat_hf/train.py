@@ -9,22 +9,33 @@ checkpoint are written under `run.output_dir`:
   generation config, tokenizer, training config), ready for `from_pretrained` or the Hub.
 
 Both are written to a temporary directory first and swapped in by renaming, so a killed run never leaves a
-half-written checkpoint in place of a good one. Multi-process: `torchrun --nproc_per_node 2 -m nat_hf.train ...`
-(or `accelerate launch --multi_gpu --num_processes 2 ...`; on CPU, `accelerate launch --cpu --num_processes 2`
-silently starts one process).
+half-written checkpoint in place of a good one. At each evaluation the training state is saved before `best/`, and
+`--resume` rewrites a `best/` that a kill left behind the restored state; a run killed before its first checkpoint
+is restarted from step 0 by `--resume` (its partial outputs are removed first). Multi-process: `torchrun
+--nproc_per_node 2 -m nat_hf.train ...` (or `accelerate launch --multi_gpu --num_processes 2 ...`; on CPU,
+`accelerate launch --cpu --num_processes 2` silently starts one process).
+
+Everything that can be checked from the config and the data is checked before anything is written: config
+values and the model architecture (`ConfigError` naming the key), every split including `data.test_splits`
+(`DataError` naming the file). Then the run directory is locked (`run.lock`, an `flock` held by the global rank-0
+process for the whole run and released by the OS when it dies), so a second run or a `--resume` into a directory
+in use stops with a `ConfigError` before touching it.
 """
 
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -147,9 +158,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Keys that may differ between a run and its resumption (they do not change what was trained so far).
+# Keys that may differ between a run and its resumption: they change neither what was trained so far nor how the
+# best checkpoint is chosen (the run directory itself may be renamed, moved or spelt differently; the test splits
+# and the final decoding only concern the final evaluation).
 RESUMABLE_CHANGES = {("optim", "max_steps"), ("optim", "max_minutes"), ("run", "log_every"), ("run", "threads"),
-                     ("eval", "batch_size")}
+                     ("run", "output_dir"), ("eval", "batch_size"), ("data", "test_splits"),
+                     ("eval", "final_num_iterations"), ("eval", "final_length_beam"), ("eval", "final_num_beams")}
+# A YAML 1.1 float without a dot (`5e-4`, `1E3`) is read as a string; these are accepted where a float is expected.
+FLOAT_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# NATConfig fields that a ModelArgs key sets under another name.
+NAT_FIELD_TO_KEY = {"encoder_attention_heads": "attention_heads", "decoder_attention_heads": "attention_heads",
+                    "encoder_ffn_dim": "ffn_dim", "decoder_ffn_dim": "ffn_dim"}
 
 
 def _coerce(value: Any, annotation, where: str) -> Any:
@@ -165,6 +184,8 @@ def _coerce(value: Any, annotation, where: str) -> Any:
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return [_coerce(item, item_type, f"{where}[]") for item in value]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str) and FLOAT_STRING.fullmatch(value.strip()):
         return float(value)
     if annotation in (int, float, str, bool) and not (isinstance(value, annotation)
                                                       and not (annotation is int and isinstance(value, bool))):
@@ -191,32 +212,104 @@ def build_config(values: dict) -> TrainConfig:
             key: _coerce(value, section_hints[key], f"{section}.{key}") for key, value in section_values.items()
         })
     config = TrainConfig(**sections)
+    check_model_args(config.model)  # an invalid model is the problem to name, not the evaluation it implies
+    one_pass_defaults(config, given=set((values or {}).get("eval") or {}))
     validate_config(config)
     return config
 
 
+def one_pass_defaults(config: TrainConfig, given: set[str]) -> None:
+    """A `decoder_input_mode: copy` model decodes in one pass (its decoder reads the source, not its own previous
+    output): its evaluation iterations default to 1, and more than 1, if asked for, is a `ConfigError` (it would
+    otherwise only fail at the first evaluation, after training)."""
+    if config.model.family != "nat" or config.model.decoder_input_mode != "copy":
+        return
+    for key in ("num_iterations", "final_num_iterations"):
+        value = getattr(config.eval, key)
+        if key not in given:
+            setattr(config.eval, key, 1)
+        elif value != 1:
+            raise ConfigError(f"eval.{key}={value}: a model with model.decoder_input_mode=copy decodes in one pass; "
+                              f"set eval.{key}=1 (or leave it out)")
+
+
+def check_model_args(args: ModelArgs) -> None:
+    """Build the `NATConfig` the model section describes (with a stand-in vocabulary: the real one comes with the
+    tokenizer) so that an invalid architecture or objective is a `ConfigError` naming its key, before training.
+    The AR family shares the shape fields, so the same check covers it."""
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers.activations import ACT2FN
+
+    if args.activation_function not in ACT2FN:
+        raise ConfigError(f"model.activation_function must be one of {sorted(ACT2FN)}, "
+                          f"got {args.activation_function!r}")
+    try:
+        NATConfig(**nat_architecture(args), vocab_size=8000)
+    except (ValueError, StrictDataclassError) as error:
+        named = re.findall(r"`(\w+)`", str(error))
+        key = NAT_FIELD_TO_KEY.get(named[0], named[0]) if named else None
+        raise ConfigError(f"model.{key}: {error}" if key else f"model: {error}") from None
+
+
 def validate_config(config: TrainConfig) -> None:
+    """Every value checked on its own and against the others; the first problem is a `ConfigError` naming its
+    key. Counts that would otherwise only fail after training started (batch sizes, logging interval, ...)
+    are checked here too."""
+    from transformers import SchedulerType
+
+    schedulers = [scheduler.value for scheduler in SchedulerType]
     checks = [
         (config.data.max_tokens >= 1, "data.max_tokens must be >= 1"),
+        (config.data.vocab_size >= 6, "data.vocab_size must exceed the 5 special tokens"),
+        (bool(config.data.train_split) and bool(config.data.valid_split),
+         "data.train_split and data.valid_split must be non-empty"),
+        (all(config.data.test_splits), "data.test_splits entries must be non-empty"),
         (config.optim.learning_rate > 0, "optim.learning_rate must be > 0"),
         (config.optim.max_steps >= 1, "optim.max_steps must be >= 1"),
+        (config.optim.max_minutes is None or config.optim.max_minutes > 0, "optim.max_minutes must be > 0"),
         (config.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         (config.optim.gradient_accumulation_steps >= 1, "optim.gradient_accumulation_steps must be >= 1"),
         (len(config.optim.betas) == 2, "optim.betas must hold two numbers"),
+        (all(0 <= beta < 1 for beta in config.optim.betas), "optim.betas must lie in [0, 1)"),
+        (config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (config.optim.max_grad_norm > 0, "optim.max_grad_norm must be > 0"),
+        (config.optim.scheduler in schedulers, f"optim.scheduler must be one of {schedulers}"),
         (config.optim.mixed_precision in ("no", "fp16", "bf16"), "optim.mixed_precision must be no, fp16 or bf16"),
         (config.eval.eval_every >= 1, "eval.eval_every must be >= 1"),
         (config.eval.num_iterations >= 1, "eval.num_iterations must be >= 1"),
         (config.eval.length_beam >= 1, "eval.length_beam must be >= 1"),
+        (config.eval.max_sentences is None or config.eval.max_sentences >= 1, "eval.max_sentences must be >= 1"),
         (config.eval.final_num_iterations >= 1, "eval.final_num_iterations must be >= 1"),
         (config.eval.final_length_beam >= 1, "eval.final_length_beam must be >= 1"),
-        (config.eval.average_last >= 0, "eval.average_last must be >= 0"),
+        (config.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
+        (config.eval.average_last == 0 or config.eval.average_last >= 2,
+         "eval.average_last must be 0 (off) or >= 2"),
+        (config.eval.num_beams >= 1, "eval.num_beams must be >= 1"),
+        (config.eval.final_num_beams >= 1, "eval.final_num_beams must be >= 1"),
+        (config.run.log_every >= 1, "run.log_every must be >= 1"),
+        (config.run.threads is None or config.run.threads >= 1, "run.threads must be >= 1"),
+        (bool(config.run.output_dir), "run.output_dir must be non-empty"),
         (config.model.family in MODEL_FAMILIES, f"model.family must be one of {MODEL_FAMILIES}"),
         (config.model.family == "nat" or config.model.init_from_ar is None, "model.init_from_ar needs family nat"),
+        (config.model.init_from is None or config.model.init_from_ar is None,
+         "model.init_from and model.init_from_ar exclude each other"),
         (config.data.tokenizer_algorithm in ("unigram", "bpe"), "data.tokenizer_algorithm must be unigram or bpe"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    check_model_args(config.model)
+    if config.model.family == "nat" and config.model.init_from is None:
+        classes = (2 * config.model.max_length_offset + 1 if config.model.length_prediction_mode == "offset"
+                   else config.model.max_target_positions + 1)
+        for key in ("length_beam", "final_length_beam"):
+            if getattr(config.eval, key) > classes:
+                raise ConfigError(f"eval.{key}={getattr(config.eval, key)} exceeds the model's {classes} length "
+                                  "classes (model.max_length_offset / model.max_target_positions)")
+        if config.model.decoder_input_mode == "copy":
+            for key in ("num_iterations", "final_num_iterations"):
+                if getattr(config.eval, key) != 1:
+                    raise ConfigError(f"eval.{key} must be 1 with model.decoder_input_mode=copy (one-pass decoding)")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -277,9 +370,9 @@ def decoding_options(config: TrainConfig, final: bool) -> dict:
     return {"num_iterations": config.eval.num_iterations, "length_beam": config.eval.length_beam}
 
 
-def nat_config(args: ModelArgs, tokenizer) -> NATConfig:
-    return NATConfig(
-        **config_kwargs_from_tokenizer(tokenizer),
+def nat_architecture(args: ModelArgs) -> dict:
+    """The `NATConfig` arguments the model section sets (everything but the vocabulary and its special ids)."""
+    return dict(
         d_model=args.d_model, encoder_layers=args.encoder_layers, decoder_layers=args.decoder_layers,
         encoder_attention_heads=args.attention_heads, decoder_attention_heads=args.attention_heads,
         encoder_ffn_dim=args.ffn_dim, decoder_ffn_dim=args.ffn_dim, dropout=args.dropout,
@@ -291,6 +384,10 @@ def nat_config(args: ModelArgs, tokenizer) -> NATConfig:
         max_length_offset=args.max_length_offset, length_loss_weight=args.length_loss_weight,
         label_smoothing=args.label_smoothing,
     )
+
+
+def nat_config(args: ModelArgs, tokenizer) -> NATConfig:
+    return NATConfig(**config_kwargs_from_tokenizer(tokenizer), **nat_architecture(args))
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -335,12 +432,132 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
+    """`section.key: old -> new` for every value that may not change on `--resume` (see `RESUMABLE_CHANGES`)."""
     differences = []
     for section, values in current.items():
         for key, value in values.items():
             if (section, key) not in RESUMABLE_CHANGES and saved.get(section, {}).get(key) != value:
                 differences.append(f"{section}.{key}: {saved.get(section, {}).get(key)!r} -> {value!r}")
     return differences
+
+
+# ------------------------------------------------------------------------------------------------ run directory
+RUN_LOCK = "run.lock"
+# What a run writes under run.output_dir (besides train_config.yaml, the lock and the content-keyed token cache).
+RUN_OUTPUTS = ("log.jsonl", "results.json", "best", "best.staging", "best.previous", "checkpoints", "snapshots",
+               "averaged", "averaged.staging", "averaged.previous", "init_from_ar.json", "tokenizer",
+               "tokenizer.staging", "tokenizer.previous", "nat")
+# The outputs that show a run did work there (a fresh start into such a directory is refused).
+RUN_STARTED = ("log.jsonl", "results.json", "best", "checkpoints", "snapshots", "averaged")
+
+
+def is_global_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch (or a single process), known before the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: Path, hold: bool = True) -> Iterator[None]:
+    """Hold an exclusive `flock` on `output_dir/run.lock` for the duration, or raise `ConfigError` at once if
+    another process holds it. The OS releases the lock when the holder exits, however it exits (kill -9
+    included), so no stale lock is ever left. With several processes only the global rank 0 holds it
+    (`hold=False` elsewhere): if rank 0 cannot, it stops, and the launcher stops the others."""
+    if not hold:
+        yield
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = output_dir / RUN_LOCK
+    handle = lock_path.open("a")  # never truncated or written: the file only carries the lock
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"{output_dir} is in use by another training run (it holds {lock_path}); wait for it to "
+                          "finish or choose another run.output_dir") from None
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def check_run_directory(config: TrainConfig, output_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from, or None to start at step 0; `ConfigError` (before anything is written) when
+    a fresh start would mix with an earlier run, or `--resume` finds no run or a different config."""
+    checkpoint = last_checkpoint(output_dir)
+    config_path = output_dir / "train_config.yaml"
+    if resume:
+        if not config_path.is_file():
+            raise ConfigError(f"--resume: there is no run under {output_dir} (no train_config.yaml)")
+        saved = yaml.safe_load(config_path.read_text()) or {}
+        differences = config_differences(saved, config.to_dict())
+        if differences:
+            raise ConfigError(f"--resume: {output_dir} was trained with a different config: {differences}")
+        return checkpoint
+    started = [name for name in RUN_STARTED if (output_dir / name).exists()]
+    if checkpoint is not None or started:
+        raise ConfigError(f"{output_dir} already holds a run ({', '.join(started)}); pass --resume to continue it "
+                          "(a run killed before its first checkpoint restarts from step 0) or choose another "
+                          "run.output_dir")
+    return None
+
+
+def clear_run_outputs(output_dir: Path) -> list[str]:
+    """Remove what an earlier, unfinished run left that a run starting at step 0 would otherwise mix with (its
+    log, best model, snapshots, trained tokenizer, TensorBoard events...); return the names removed."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    for path in sorted(output_dir.glob("*.hyp.*")):
+        path.unlink()
+        removed.append(path.name)
+    return removed
+
+
+def drop_tied_weights(models: list, weights: list[dict], output_dir: str) -> None:
+    """`Accelerator.register_save_state_pre_hook` hook: leave the tied copies (`lm_head.weight`, ... as the model's
+    tied-weights keys name them) out of the saved state dicts. They share storage with their source, which
+    safetensors cannot store twice (accelerate would drop them itself and warn at every checkpoint); loading ties
+    them back, as `from_pretrained` does."""
+    for model, state_dict in zip(models, weights, strict=True):
+        unwrapped = getattr(model, "module", model)
+        tied = getattr(unwrapped, "all_tied_weights_keys", None) or getattr(unwrapped, "_tied_weights_keys", None)
+        prefix = "module." if unwrapped is not model else ""
+        for target, source in dict(tied or {}).items():
+            target, source = prefix + target, prefix + source
+            if (target in state_dict and source in state_dict
+                    and state_dict[target].data_ptr() == state_dict[source].data_ptr()):
+                del state_dict[target]
+
+
+def progress_budget(step: int, train_seconds: float, max_steps: int, max_minutes: float | None) -> tuple[float, float]:
+    """(done, total) of the budget that ends training first, for the progress bar: steps when there is no time
+    budget; otherwise training seconds, out of the time budget or, when the steps run out sooner at the rate so
+    far, the seconds those steps will take."""
+    if max_minutes is None:
+        return step, max_steps
+    total = 60 * max_minutes
+    if step > 0 and train_seconds > 0:
+        total = min(total, train_seconds / step * max_steps)
+    return min(train_seconds, total), total
+
+
+def summary_line(summary: dict, config: TrainConfig, output_dir: Path) -> str:
+    """The line printed at the end of training: the final validation (and test) scores of the best model."""
+    valid = config.data.valid_split
+    parts = [f"{valid} BLEU {summary[f'{valid}_bleu']:.2f} chrF {summary[f'{valid}_chrf']:.2f} "
+             f"(best step {summary['best_step']} of {summary['steps']})"]
+    parts += [f"{split} BLEU {summary[f'{split}_bleu']:.2f} chrF {summary[f'{split}_chrf']:.2f}"
+              for split in config.data.test_splits]
+    if "averaged_" + valid + "_bleu" in summary:
+        parts.append(f"averaged {valid} BLEU {summary[f'averaged_{valid}_bleu']:.2f}")
+    return "final: " + "; ".join(parts) + f"; model in {output_dir / 'best'}"
 
 
 # -------------------------------------------------------------------------------------------------- evaluation
@@ -427,13 +644,128 @@ def build_model(config: TrainConfig, tokenizer):
     return model, report
 
 
+BEST_MARKER = "best_step.json"  # in best/: the step and validation BLEU of the model saved there
+
+
+def best_model_step(output_dir: Path) -> int | None:
+    """The step of the model in `output_dir/best`, or None if there is none (or it predates the marker)."""
+    marker = output_dir / "best" / BEST_MARKER
+    return json.loads(marker.read_text())["step"] if marker.is_file() else None
+
+
+def update_generation_defaults(model_dir: Path, options: dict) -> None:
+    """Set a saved model's generation defaults to `options` (rewriting `generation_config.json` only if they
+    differ)."""
+    from transformers import GenerationConfig
+
+    if not (model_dir / "generation_config.json").is_file():
+        return
+    generation_config = GenerationConfig.from_pretrained(model_dir)
+    if all(getattr(generation_config, name, None) == value for name, value in options.items()):
+        return
+    for name, value in options.items():
+        setattr(generation_config, name, value)
+    generation_config.save_pretrained(model_dir)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep only the log records up to `step` (those after it belong to training that `--resume` repeats), then
+    note the resumption; the file is replaced by a rename, never left half-written."""
+    if not path.is_file():
+        return
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [record for record in records if record.get("step", 0) <= step and record.get("event") != "end"]
+    staging = path.with_name(path.name + ".staging")
+    staging.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+    staging.rename(path)
+    log_line(path, {"event": "resume", "step": step})
+
+
 def log_line(path: Path, record: dict) -> None:
     with path.open("a", encoding="utf-8") as file:
         file.write(json.dumps({**record, "time": round(time.time(), 1)}) + "\n")
 
 
+def apply_environment(config: TrainConfig) -> None:
+    """Fill what the environment gives: the data directory from $NAT_HF_DATA_DIR when the config has none."""
+    if config.data.data_dir is None and os.environ.get(DATA_DIR_ENV):
+        config.data.data_dir = os.environ[DATA_DIR_ENV]
+
+
+def check_init_from(config: TrainConfig) -> None:
+    """The saved model that `model.init_from` names exists and can be evaluated as the config asks (a one-pass
+    `copy` decoder with more than one iteration would otherwise fail at the first evaluation, after training)."""
+    if config.model.init_from is None:
+        return
+    from transformers import AutoConfig
+
+    try:
+        saved = AutoConfig.from_pretrained(config.model.init_from)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model.init_from: cannot read a model config from {config.model.init_from}: "
+                          f"{error}") from None
+    if getattr(saved, "decoder_input_mode", None) == "copy":
+        for key in ("num_iterations", "final_num_iterations"):
+            if getattr(config.eval, key) != 1:
+                raise ConfigError(f"eval.{key} must be 1: model.init_from is a decoder_input_mode=copy model "
+                                  "(one-pass decoding)")
+
+
+def check_pretrained_sources(config: TrainConfig) -> None:
+    """The tokenizer (`data.tokenizer`) and the AR model (`model.init_from_ar`) the config names can be read: a
+    misspelt directory is a `ConfigError` naming the key before anything is written, not a traceback about Hub
+    repo ids once the run has started."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    for key, value, load in (("data.tokenizer", config.data.tokenizer, AutoTokenizer.from_pretrained),
+                             ("model.init_from_ar", config.model.init_from_ar, AutoConfig.from_pretrained)):
+        if value is None:
+            continue
+        try:
+            load(value)
+        except (OSError, ValueError) as error:
+            where = "" if Path(value).exists() else " (no such directory, and not a Hub repo id that can be loaded)"
+            raise ConfigError(f"{key}: cannot load {value!r}{where}: {str(error).splitlines()[0]}") from None
+
+
+def load_splits(config: TrainConfig) -> dict:
+    """Every split the run reads (training, validation and each test split) as `datasets.Dataset`s, read and
+    checked up front so that a misspelt, missing or broken test split stops the run before training, not at
+    its end."""
+    eval_data_dir = config.data.eval_data_dir or config.data.data_dir
+    splits = {}
+    for name in [config.data.train_split, config.data.valid_split, *config.data.test_splits]:
+        if name not in splits:
+            directory = config.data.data_dir if name == config.data.train_split else eval_data_dir
+            splits[name] = load_split(name, config.data.source_lang, config.data.target_lang, directory,
+                                      config.data.dataset_name)
+    return splits
+
+
 def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Run the training described by `config`; return a summary (best validation scores, steps, seconds)."""
+    """Run the training described by `config`; return a summary (best validation scores, steps, seconds).
+
+    The config, the data (every split) and the run directory are checked before anything is written; the run
+    directory is locked for the whole run (see `run_lock`)."""
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    apply_environment(config)
+    output_dir = Path(config.run.output_dir)
+    check_init_from(config)
+    check_pretrained_sources(config)
+    splits = load_splits(config)
+    if resume and not (output_dir / "train_config.yaml").is_file():  # checked again under the lock
+        raise ConfigError(f"--resume: there is no run under {output_dir} (no train_config.yaml)")
+    with run_lock(output_dir, hold=is_global_main_process()):
+        checkpoint = check_run_directory(config, output_dir, resume)
+        return run_training(config, output_dir, splits, checkpoint, restart=resume and checkpoint is None)
+
+
+def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint: Path | None,
+                 restart: bool = False) -> dict:
+    """The training itself, once `train` has checked everything and holds the run directory: from step 0
+    (`checkpoint` None; `restart`: a `--resume` of a run killed before its first checkpoint) or from
+    `checkpoint`."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -441,45 +773,25 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
 
     from .metrics import load_sacrebleu
 
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    if config.data.data_dir is None and os.environ.get(DATA_DIR_ENV):
-        config.data.data_dir = os.environ[DATA_DIR_ENV]
-    output_dir = Path(config.run.output_dir)
+    resume = checkpoint is not None
     config_path = output_dir / "train_config.yaml"
-
-    # -- refuse to clobber or mis-resume, before anything is written
-    if resume:
-        checkpoint = last_checkpoint(output_dir)
-        if checkpoint is None:
-            raise ConfigError(f"--resume: no checkpoint under {output_dir}/checkpoints")
-        saved = yaml.safe_load(config_path.read_text())
-        differences = config_differences(saved, config.to_dict())
-        if differences:
-            raise ConfigError(f"--resume: {output_dir} was trained with a different config: {differences}")
-    elif last_checkpoint(output_dir) is not None or (output_dir / "best").exists():
-        raise ConfigError(f"{output_dir} already holds a run; pass --resume to continue it or choose another "
-                          "run.output_dir")
-
     # Without cpu=True, accelerate ignores torchrun's WORLD_SIZE on a machine with no accelerator and every
     # process trains alone; with it, the processes form a gloo group (DistributedType.MULTI_CPU).
     accelerator = Accelerator(mixed_precision=config.optim.mixed_precision, log_with="tensorboard",
                               project_dir=str(output_dir), cpu=not torch.cuda.is_available())
+    accelerator.register_save_state_pre_hook(drop_tied_weights)
     set_seed(config.optim.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            removed = clear_run_outputs(output_dir)
+            if restart:
+                accelerator.print(f"--resume: {output_dir} has no checkpoint (the run stopped before its first "
+                                  f"one); restarting it from step 0 (removed {removed})")
         config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     accelerator.wait_for_everyone()
 
-    # -- data
-    eval_data_dir = config.data.eval_data_dir or config.data.data_dir
-
-    def split_data(name: str, directory):
-        return load_split(name, config.data.source_lang, config.data.target_lang, directory,
-                          config.data.dataset_name)
-
-    splits = {config.data.train_split: split_data(config.data.train_split, config.data.data_dir),
-              config.data.valid_split: split_data(config.data.valid_split, eval_data_dir)}
+    # -- data (read and checked by `train`)
     tokenizer = prepare_tokenizer(config, output_dir, accelerator)
     model, init_report = build_model(config, tokenizer)
     if init_report is not None and accelerator.is_main_process and not resume:
@@ -520,11 +832,13 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
 
     state = {"step": 0, "epoch": 0, "group_in_epoch": 0, "best_bleu": -1.0, "best_step": None,
              "train_seconds": 0.0, "tokens": 0}
+    log_path = output_dir / "log.jsonl"
     if resume:
         accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
-    log_path = output_dir / "log.jsonl"
+        if accelerator.is_main_process:
+            truncate_log(log_path, state["step"])  # the steps after the checkpoint are trained (and logged) again
     accelerator.init_trackers("nat", config={f"{s}.{k}": str(v) for s, values in config.to_dict().items()
                                              for k, v in values.items()})
 
@@ -546,6 +860,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         unwrapped.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         shutil.copy(config_path, staging / "train_config.yaml")
+        (staging / BEST_MARKER).write_text(json.dumps({"step": state["best_step"], "valid_bleu": state["best_bleu"]}))
         replace_directory(staging, output_dir / "best")
 
     def save_snapshot() -> None:
@@ -560,7 +875,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         for old in sorted(snapshots.glob("step-*.safetensors"))[: -config.eval.average_last]:
             old.unlink()
 
-    def evaluate_now() -> dict:
+    def evaluate_now() -> bool:
+        """Validation loss and BLEU (main process); True when this is the best model so far. The caller saves
+        the training state before `best/`, so that a kill between the two is repaired by `--resume`."""
+        new_best = False
         record = {"step": state["step"], "epoch": state["epoch"], "train_seconds": round(state["train_seconds"], 1)}
         if accelerator.is_main_process:
             record["valid_loss"] = validation_loss(unwrapped, valid_set, collator, valid_batches, config.optim.seed,
@@ -570,8 +888,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             record.update(valid_bleu=scores["bleu"], valid_chrf=scores["chrf"],
                           decode_seconds=round(scores["decode_seconds"], 1))
             if scores["bleu"] > state["best_bleu"]:
-                state["best_bleu"], state["best_step"] = scores["bleu"], state["step"]
-                save_best()
+                state["best_bleu"], state["best_step"], new_best = scores["bleu"], state["step"], True
             record["best_bleu"] = state["best_bleu"]
             if config.eval.average_last >= 2:
                 save_snapshot()
@@ -580,13 +897,35 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             tqdm.write(f"step {state['step']}: valid loss {record['valid_loss']:.3f}, BLEU {scores['bleu']:.2f}, "
                        f"chrF {scores['chrf']:.2f} (best {state['best_bleu']:.2f} @ {state['best_step']})")
         accelerator.wait_for_everyone()
-        return record
+        return new_best
+
+    if resume and accelerator.is_main_process and state["best_step"] is not None and \
+            state["best_step"] == state["step"] and best_model_step(output_dir) != state["best_step"]:
+        # killed after this checkpoint but before (or while) writing `best/`: the restored model is the best one
+        save_best()
+        accelerator.print(f"--resume: rewrote {output_dir / 'best'} (step {state['best_step']})")
+    accelerator.wait_for_everyone()
 
     # -- loop
     accumulation = config.optim.gradient_accumulation_steps
     world, rank = accelerator.num_processes, accelerator.process_index
-    progress = tqdm(total=config.optim.max_steps, initial=state["step"], disable=not accelerator.is_main_process,
-                    desc="training", dynamic_ncols=True)
+    # The bar counts what ends training first: steps, or (with a time budget) seconds of training, the steps then
+    # shown after it; its ETA includes the evaluations.
+    budget = {"max_steps": config.optim.max_steps, "max_minutes": config.optim.max_minutes}
+    done_now, total = progress_budget(state["step"], state["train_seconds"], **budget)
+    time_bar = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} train-s [{elapsed}<{remaining}{postfix}]"
+    progress = tqdm(total=total, initial=done_now, desc="training", dynamic_ncols=True,
+                    disable=not accelerator.is_main_process,
+                    bar_format=None if config.optim.max_minutes is None else time_bar)
+    postfix = {}
+
+    def update_progress() -> None:
+        if config.optim.max_minutes is not None:
+            postfix["step"] = f"{state['step']}/{config.optim.max_steps}"
+        done_now, progress.total = progress_budget(state["step"], state["train_seconds"], **budget)
+        progress.set_postfix(postfix, refresh=False)
+        progress.update(done_now - progress.n)
+
     if state["step"] == 0 and accelerator.is_main_process:
         initial_loss = validation_loss(unwrapped, valid_set, collator, valid_batches, config.optim.seed,
                                        config.model.family, config.model.label_smoothing)
@@ -625,22 +964,24 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 raise FloatingPointError(f"loss is {step_loss} at step {state['step']}; the last good checkpoint "
                                          "is kept")
             window_loss.append(step_loss)
-            progress.update(1)
             if state["step"] % config.run.log_every == 0 or state["step"] == 1:
                 elapsed = time.perf_counter() - window_start
                 record = {"event": "train", "step": state["step"], "loss": sum(window_loss) / len(window_loss),
                           "lr": scheduler.get_last_lr()[0], "tokens_per_second": window_tokens * world / elapsed}
-                progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
+                postfix.update(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
                 if accelerator.is_main_process:
                     log_line(log_path, record)
                 accelerator.log({"train_loss": record["loss"], "lr": record["lr"]}, step=state["step"])
                 window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+            update_progress()
             out_of_time = (config.optim.max_minutes is not None
                            and state["train_seconds"] > 60 * config.optim.max_minutes)
             done = state["step"] >= config.optim.max_steps or out_of_time
             if state["step"] % config.eval.eval_every == 0 or done:
-                evaluate_now()
+                new_best = evaluate_now()
                 save_training_state()
+                if new_best:
+                    save_best()
             if done:
                 break
         else:
@@ -664,13 +1005,15 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         replace_directory(staging, output_dir / "averaged")
         final_models["averaged_"] = output_dir / "averaged"
         summary["averaged_steps"] = [int(path.stem.split("-")[1]) for path in snapshots]
+    if accelerator.is_main_process:  # `--resume` may have changed the final decoding: best/ decodes like it
+        update_generation_defaults(output_dir / "best", decoding_options(config, final=True))
     for prefix, model_dir in final_models.items():
         if not accelerator.is_main_process:
             break
         # The best (and averaged) model on the whole validation set and every test split, final decoding settings.
         final_model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(accelerator.device)
         for split in [config.data.valid_split, *config.data.test_splits]:
-            pairs = splits.get(split) or split_data(split, eval_data_dir)
+            pairs = splits[split]
             scores = decode_and_score(final_model, tokenizer, pairs["source"], pairs["target"],
                                       config.eval.batch_size, metric, **decoding_options(config, final=True))
             summary[f"{prefix}{split}_bleu"], summary[f"{prefix}{split}_chrf"] = scores["bleu"], scores["chrf"]
@@ -682,6 +1025,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         summary.update(family=config.model.family, world_size=world, **decoding_options(config, final=True))
         (output_dir / "results.json").write_text(json.dumps(summary, indent=1))
         log_line(log_path, {"event": "end", **summary})
+        print(summary_line(summary, config, output_dir), flush=True)  # stdout, after tqdm's stderr bar
     accelerator.end_training()
     return summary
 
@@ -690,7 +1034,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="nat-hf train", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="YAML file with model/data/optim/eval/run sections")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.learning_rate=5e-4")
-    parser.add_argument("--resume", action="store_true", help="continue the run in run.output_dir")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in run.output_dir from its last checkpoint (one killed before its "
+                             "first checkpoint restarts from step 0)")
     parser.add_argument("--init-from-ar", metavar="DIR", help="start from the matching weights of an AR model")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"model.init_from_ar={args.init_from_ar}"] if args.init_from_ar else [])

@@ -1,0 +1,117 @@
+"""Every shipped training config builds the model its YAML describes (architecture and parameter count), with the
+real tokenizer where it names one, reads splits that exist, and decodes with its evaluation settings. No training.
+
+The configs point at the shared Multi30k data and AR teacher through $NAT_HF_DATA_DIR and $NAT_HF_TEACHER; the
+tests set them to ../shared (next to the repository, as on the development machine and in CI) and skip if it is
+absent."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from nat_hf.train import apply_environment, build_model, decoding_options, load_config, load_splits
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "training" / "configs").glob("*.yaml"))
+SHARED = REPO.parent / "shared"
+DATA_DIR = SHARED / "data" / "multi30k"
+TEACHER = SHARED / "models" / "ar-teacher-multi30k-en-de"
+
+
+class StandInTokenizer:
+    """A vocabulary of `size` entries with the special ids `train_tokenizer` gives (pad 0, eos 1, unk 2, mask 3,
+    blank 4), for configs whose tokenizer is trained at the start of the run."""
+
+    pad_token_id, eos_token_id, unk_token_id, mask_token_id = 0, 1, 2, 3
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def get_vocab(self) -> dict[str, int]:
+        return {"<pad>": 0, "</s>": 1, "<unk>": 2, "<mask>": 3, "<blank>": 4}
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.get_vocab()[token]
+
+
+def expected_parameters(model_args: dict, vocab_size: int, family: str, length_classes: int) -> int:
+    """Parameter count of the architecture the YAML describes, counted by hand (tied and shared embeddings once)."""
+    d, ffn = model_args["d_model"], model_args["ffn_dim"]
+    attention, feed_forward, layer_norm = 4 * (d * d + d), d * ffn + ffn + ffn * d + d, 2 * d
+    layers = (model_args["encoder_layers"] * (attention + 2 * layer_norm + feed_forward)
+              + model_args["decoder_layers"] * (2 * attention + 3 * layer_norm + feed_forward))
+    source, target = model_args["max_source_positions"], model_args["max_target_positions"]
+    if family == "ar":  # Marian: sinusoidal position tables stored as (frozen) parameters, no length predictor
+        return vocab_size * d + layers + 2 * max(source, target + 1) * d
+    positions = 0 if model_args.get("position_embedding_type") == "sinusoidal" else (source + target) * d
+    final_norms = 2 * layer_norm if model_args.get("normalize_before") else 0
+    return vocab_size * d + layers + positions + final_norms + d * length_classes + length_classes
+
+
+def test_every_config_is_covered():
+    assert {path.name for path in CONFIGS} >= {"multi30k_quickstart.yaml", "multi30k_cmlm.yaml",
+                                               "multi30k_ar.yaml", "tiny_test.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[path.stem for path in CONFIGS])
+def test_shipped_config_builds_the_model_it_describes(path, monkeypatch):
+    if not (DATA_DIR / "train.en").is_file() or not (TEACHER / "config.json").is_file():
+        pytest.skip(f"the shared data and teacher are not at {SHARED}")
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("NAT_HF_DATA_DIR", str(DATA_DIR))
+    monkeypatch.setenv("NAT_HF_TEACHER", str(TEACHER))
+    config = load_config(path)
+    apply_environment(config)
+    yaml_model = yaml.safe_load(path.read_text())["model"]
+    family = yaml_model.get("family", "nat")
+
+    # every split the run reads exists and is readable (a misspelt test split would only fail after training)
+    splits = load_splits(config)
+    assert set(splits) == {config.data.train_split, config.data.valid_split, *config.data.test_splits}
+
+    tokenizer_dir = config.data.tokenizer or config.model.init_from_ar
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else StandInTokenizer(
+        config.data.vocab_size)
+    torch.manual_seed(0)
+    model, _ = build_model(config, tokenizer)
+    vocab_size = len(tokenizer)
+
+    names = {"d_model": ["d_model"], "encoder_layers": ["encoder_layers"], "decoder_layers": ["decoder_layers"],
+             "attention_heads": ["encoder_attention_heads", "decoder_attention_heads"],
+             "ffn_dim": ["encoder_ffn_dim", "decoder_ffn_dim"], "activation_function": ["activation_function"]}
+    if family == "nat":
+        names.update({key: [key] for key in ("max_source_positions", "max_target_positions", "objective",
+                                             "length_prediction_mode", "max_length_offset", "normalize_before",
+                                             "position_embedding_type", "decoder_input_mode")})
+    for key, attributes in names.items():
+        if key in yaml_model:
+            for attribute in attributes:
+                assert getattr(model.config, attribute) == yaml_model[key], (path.name, key)
+    assert model.config.vocab_size == vocab_size
+    assert len(model.model.encoder.layers) == yaml_model["encoder_layers"]
+    assert len(model.model.decoder.layers) == yaml_model["decoder_layers"]
+    for stack in (model.model.encoder, model.model.decoder):
+        widths = {module.out_features for module in stack.layers[0].modules() if isinstance(module, torch.nn.Linear)}
+        assert widths == {yaml_model["d_model"], yaml_model["ffn_dim"]}, path.name
+    length_classes = getattr(model.config, "num_length_classes", 0)
+    assert model.num_parameters() == expected_parameters(yaml_model, vocab_size, family, length_classes)
+
+    # the evaluation settings decode with this model (periodic and final)
+    source = ({"input_ids": torch.tensor([[10, 11, 12, 13, 1]])} if isinstance(tokenizer, StandInTokenizer)
+              else tokenizer(["A man is playing the guitar."], return_tensors="pt"))
+    model.eval()
+    for final in (False, True):
+        options = decoding_options(config, final)
+        if family == "ar":
+            options["max_new_tokens"] = 4  # an untrained AR model would run to the length limit
+        with torch.no_grad():
+            output = model.generate(**source, **options)
+        assert output.shape[0] == 1, (path.name, final)
+    assert model.generation_config.num_beams == config.eval.final_num_beams if family == "ar" else \
+        model.generation_config.num_iterations == config.eval.final_num_iterations

@@ -1,0 +1,90 @@
+"""The `nat-translation` pipeline: decoding options reach `generate` or fail up front, blank sources, and the
+pipeline file's imports (it is shipped as remote code)."""
+
+import ast
+
+import pytest
+from transformers import pipeline
+
+from nat_hf import pipeline_nat
+
+from .test_inference import OVER_LONG, save_toy_translator
+
+
+@pytest.fixture(scope="module")
+def translator(tmp_path_factory):
+    directory = save_toy_translator(tmp_path_factory.mktemp("pipeline"))
+    return pipeline("nat-translation", model=str(directory), trust_remote_code=True)
+
+
+@pytest.fixture
+def generate_calls(translator, monkeypatch):
+    """The keyword options and source rows of every `generate` call the pipeline makes."""
+    calls = []
+    generate = translator.model.generate
+
+    def recording(**kwargs):
+        calls.append({"rows": kwargs["input_ids"].tolist(),
+                      **{k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")}})
+        return generate(**kwargs)
+
+    monkeypatch.setattr(translator.model, "generate", recording)
+    return calls
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"num_beams": 4}, "num_beams"),  # the model's `_generation_options` words the messages; they name the option
+    ({"decoding_strategy": "nonsense"}, "decoding_strategy"),
+    ({"length_beam": 0}, "length_beam"),
+    ({"no_such_option": 1}, "no_such_option"),
+])
+def test_invalid_options_raise_before_any_sentence_is_translated(translator, generate_calls, options, message):
+    for inputs in ("three one", ["three one", "five"], ["  "]):
+        with pytest.raises(ValueError, match=message):
+            translator(inputs, batch_size=2, **options)
+    assert generate_calls == []
+    with pytest.raises(ValueError, match=message):  # also when given to pipeline() itself
+        pipeline("nat-translation", model=translator.model, tokenizer=translator.tokenizer, **options)
+
+
+def test_decoding_options_are_forwarded_to_generate(translator, generate_calls):
+    output = translator("three one two", num_iterations=2, length_beam=2, decoding_strategy="mask_predict",
+                        max_new_tokens=5)
+    assert generate_calls[0]["num_iterations"] == 2 and generate_calls[0]["length_beam"] == 2
+    assert generate_calls[0]["decoding_strategy"] == "mask_predict" and generate_calls[0]["max_new_tokens"] == 5
+    assert len(translator.tokenizer(output[0]["translation_text"])["input_ids"]) <= 5
+    returned = translator("three one two", num_iterations=2, length_beam=2, return_dict_in_generate=True)
+    assert returned == translator("three one two", num_iterations=2, length_beam=2)
+
+
+def test_options_fixed_at_construction_are_checked_with_call_options(translator):
+    fixed = pipeline("nat-translation", model=translator.model, tokenizer=translator.tokenizer, num_iterations=2)
+    assert fixed("three one") == translator("three one", num_iterations=2)
+    with pytest.raises(ValueError, match="num_beams"):
+        fixed("three one", num_beams=3)
+
+
+def test_blank_sources_give_empty_translations_without_running_the_model(translator, generate_calls):
+    alone = [translator(text, num_iterations=2)[0]["translation_text"] for text in ("three one two", "five")]
+    generate_calls.clear()
+    outputs = translator(["three one two", "", "   ", "five", "\t"], batch_size=2, num_iterations=2)
+    assert [output["translation_text"] for output in outputs] == [alone[0], "", "", alone[1], ""]
+    assert sum(len(call["rows"]) for call in generate_calls) == 2
+    generate_calls.clear()
+    assert translator("   ") == [{"translation_text": ""}] and translator([]) == [] and generate_calls == []
+
+
+def test_truncation_and_over_long_sources(translator):
+    with pytest.raises(ValueError, match="max_source_positions"):
+        translator(OVER_LONG)
+    assert translator(OVER_LONG, truncation=True) == translator(" ".join(["one"] * 15))
+
+
+def test_pipeline_file_imports_only_transformers():
+    """It is copied beside every saved model and loaded as remote code, where nat_hf may not be installed."""
+    tree = ast.parse(open(pipeline_nat.__file__, encoding="utf-8").read())
+    modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names}
+    modules |= {node.module.split(".")[0] if node.level == 0 else "." for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom)}
+    assert modules == {"transformers"}

@@ -6,8 +6,14 @@ transformers' model classes (about 4 s); each command imports what it needs."""
 import argparse
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:  # imported lazily at run time: `nat-hf --help` stays fast
+    from tqdm import tqdm
+
+    from nat_hf.inference import UnreadableSource
 
 DEFAULT_CHUNK_SIZE = 1000  # input lines read, translated and printed at a time by `nat-hf translate`
 
@@ -73,7 +79,8 @@ def check_options(model, args: argparse.Namespace) -> None:
         fail(str(error))
 
 
-def progress_bar(args: argparse.Namespace, typed_input: bool, total: int | None, streamed_output: bool = False):
+def progress_bar(args: argparse.Namespace, typed_input: bool, total: int | None,
+                 streamed_output: bool = False) -> "tqdm | None":
     """A tqdm bar on stderr, or None: shown with --progress, or by default when stderr is a terminal, the input is
     not typed in (text arguments or a terminal on stdin), and translations are not printed to that terminal."""
     show = args.progress if args.progress is not None else (
@@ -85,7 +92,7 @@ def progress_bar(args: argparse.Namespace, typed_input: bool, total: int | None,
     return tqdm(total=total, unit=" lines", file=sys.stderr, dynamic_ncols=True)
 
 
-def report(bar, message: str) -> None:
+def report(bar: "tqdm | None", message: str) -> None:
     """A line on stderr that does not break the progress bar."""
     if bar is None:
         print(message, file=sys.stderr, flush=True)
@@ -93,7 +100,7 @@ def report(bar, message: str) -> None:
         bar.write(message, file=sys.stderr)
 
 
-def decoded_lines(stream):
+def decoded_lines(stream: Iterable[bytes | str]) -> "Iterator[str | UnreadableSource]":
     """Lines of a binary stream as text without their line break; a line that is not UTF-8 becomes an
     `UnreadableSource`, reported in its place like any failed line (the others are still translated)."""
     from nat_hf.inference import UnreadableSource
@@ -115,6 +122,8 @@ def command_translate(args: argparse.Namespace) -> None:
         fail("give sentences as arguments or --input FILE, not both")
     if args.input and not args.input.is_file():
         fail(f"input file {args.input} not found")
+    if args.input and args.output and args.output.exists() and args.output.samefile(args.input):
+        fail(f"--output {args.output} is the --input file: writing it would erase the input")
     model, tokenizer = load(args)
     check_options(model, args)
     input_file = args.input.open("rb") if args.input else None
@@ -175,7 +184,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
     except DataError as error:
         fail(str(error))
     if len(sources) != len(references):
-        raise SystemExit(f"error: {args.source} has {len(sources)} lines but {args.reference} has {len(references)}")
+        fail(f"{args.source} has {len(sources)} lines but {args.reference} has {len(references)}")
     model, tokenizer = load(args)
     check_options(model, args)
     over = over_long_sources(model, tokenizer, sources)

@@ -184,3 +184,15 @@ def test_translate_reports_non_utf8_input_and_nan_models_without_a_traceback(toy
     status, out, err = run_cli(["translate", str(broken), "three one two"], capsys)
     assert status == 2 and out == ""
     assert err.startswith("error: generate produced non-finite") and "Traceback" not in err
+
+
+def test_translate_refuses_to_overwrite_its_input_and_evaluate_mismatched_files_exit_2(toy_model, capsys, tmp_path):
+    source = tmp_path / "in.en"
+    source.write_text("seven\n")
+    status, out, err = run_cli(["translate", str(toy_model), "--input", str(source), "--output", str(source)], capsys)
+    assert status == 2 and err.startswith("error: --output") and source.read_text() == "seven\n"
+    reference = tmp_path / "ref.de"
+    reference.write_text("sieben\nacht\n")
+    status, _, err = run_cli(["evaluate", str(toy_model), "--source", str(source), "--reference", str(reference)],
+                             capsys)
+    assert status == 2 and err == f"error: {source} has 1 lines but {reference} has 2\n"

@@ -149,10 +149,10 @@ def test_bad_options_raise_before_any_computation(tiny_model, source_batch, kwar
     assert encoder_calls[0] == 0
 
 
-def test_generation_options_validates_a_copy_of_the_kwargs(tiny_model):
-    """The pipeline validates options up front with a copy of its kwargs: the call pops only from that copy."""
-    kwargs = {"num_iterations": 2, "max_new_tokens": 4}
-    options = tiny_model._generation_options(None, dict(kwargs))
+def test_generation_options_resolves_the_given_options(tiny_model):
+    """What callers that validate up front (translate_texts, the pipeline) get back; they pass a copy, since the
+    call pops what it reads (tests/test_inference.py checks that the caller's dict stays untouched)."""
+    options = tiny_model._generation_options(None, {"num_iterations": 2, "max_new_tokens": 4})
     assert options["num_iterations"] == 2 and options["max_length"] == 3
     assert options["return_dict_in_generate"] is False
     with pytest.raises(ValueError, match="length_beam"):

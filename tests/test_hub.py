@@ -172,3 +172,14 @@ def test_data_identity_hub_dataset_named_dataset_and_unknown_local_text(tmp_path
     found = placeholders({"data": mine}, unknown)
     assert with_placeholders({"data": mine}, found) == {"data": {"data_dir": "${NAT_HF_DATA_DIR}"}}
     assert found[0].hint == "<data dir>"
+
+
+def test_card_and_push_of_a_missing_or_incomplete_directory_are_usage_errors(tmp_path, capsys):
+    from nat_hf.hub import main_card, main_push
+
+    for main, argv, message in ((main_card, [str(tmp_path / "none")], "no config.json"),
+                                (main_push, [str(tmp_path / "none"), "org/name", "--dry-run"], "not found"),
+                                (main_push, [str(tmp_path), "org/name", "--dry-run"], "lacks")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -185,3 +185,16 @@ def test_streamed_translations_match_translate_texts(toy_translator):
     streamed = [result.text for result in translate_lines(model, tokenizer, iter(texts), batch_size=1, chunk_size=2,
                                                           num_iterations=2)]
     assert streamed == expected and expected[3] == ""
+
+
+def test_generation_config_objects_are_accepted_and_the_callers_options_are_untouched(toy_translator):
+    from nat_hf.inference import check_generate_kwargs
+
+    _, model, tokenizer = toy_translator
+    sources = ["three one two", "seven"]
+    config = GenerationConfig(num_iterations=2, length_beam=1)
+    assert translate_texts(model, tokenizer, sources, generation_config=config) == translate_texts(
+        model, tokenizer, sources, num_iterations=2, length_beam=1)
+    options = {"generation_config": config, "num_iterations": 3, "max_new_tokens": 4}
+    check_generate_kwargs(model, options)  # validates a copy
+    assert options == {"generation_config": config, "num_iterations": 3, "max_new_tokens": 4}

@@ -355,14 +355,16 @@ def test_resume_repairs_a_kill_between_checkpoint_and_best(tmp_path, toy_corpus)
 
 
 def test_resume_restarts_a_run_killed_before_its_first_checkpoint(tmp_path, toy_corpus):
-    """best/, log and tokenizer but no checkpoint (a kill before the first checkpoint was complete): a fresh start
-    is refused, --resume restarts from step 0 and keeps nothing of the killed run."""
+    """Log, tokenizer and a best/ without the best-step marker but no checkpoint (what a kill before the first
+    checkpoint left with the earlier save order): a fresh start is refused, --resume restarts from step 0 and keeps
+    nothing of the killed run."""
     extra = ("optim.max_steps=10", "eval.eval_every=10", "data.test_splits=[]")
     reference, output_dir = tmp_path / "reference", tmp_path / "run"
     train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, reference, *extra)))
     shutil.copytree(reference, output_dir)
     shutil.rmtree(output_dir / "checkpoints")
     (output_dir / "results.json").unlink()
+    (output_dir / "best" / "best_step.json").unlink()
     (output_dir / "snapshots").mkdir()
     (output_dir / "snapshots" / "step-00000005.safetensors").write_text("stale")
     with (output_dir / "log.jsonl").open("a") as log:
@@ -374,6 +376,30 @@ def test_resume_restarts_a_run_killed_before_its_first_checkpoint(tmp_path, toy_
     assert comparable_log(output_dir) == comparable_log(reference)
     assert not (output_dir / "snapshots").exists()
     assert (output_dir / "checkpoints" / "last" / "trainer_state.json").is_file()
+
+
+def test_resume_refuses_to_restart_a_trained_run_whose_checkpoints_were_removed(tmp_path, toy_corpus):
+    extra = ("optim.max_steps=10", "eval.eval_every=10", "data.test_splits=[]")
+    output_dir = tmp_path / "run"
+    train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra)))
+    shutil.rmtree(output_dir / "checkpoints")  # to free disk space
+    before = sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*"))
+    with pytest.raises(ConfigError, match="has no checkpoint to continue from .*holds a trained model"):
+        train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra)), resume=True)
+    assert sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*")) == before
+
+
+def test_resume_skips_a_torn_last_log_line(tmp_path, toy_corpus):
+    extra = ("optim.max_steps=10", "eval.eval_every=10", "data.test_splits=[]")
+    output_dir = tmp_path / "run"
+    train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra)))
+    with (output_dir / "log.jsonl").open("a") as log:
+        log.write('{"event": "train", "st')  # a kill (or a full disk) in the middle of a write
+    train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra[1:], "optim.max_steps=12")),
+          resume=True)
+    records = read_log(output_dir)
+    resumed = [record for record in records if record["event"] == "resume"]
+    assert resumed and resumed[0]["skipped_lines"] == 1 and records[-1]["event"] == "end"
 
 
 def test_resume_truncates_the_log_to_the_checkpoint(tmp_path, toy_corpus):
@@ -404,9 +430,25 @@ def test_resume_accepts_the_run_directory_moved_or_spelt_differently(tmp_path, f
     assert summary["num_iterations"] == 3 and "test_bleu" not in summary
     generation = json.loads((moved / "best" / "generation_config.json").read_text())
     assert generation["num_iterations"] == 3
+    best_config = yaml.safe_load((moved / "best" / "train_config.yaml").read_text())
+    assert best_config["eval"]["final_num_iterations"] == 3 and best_config["data"]["test_splits"] == []
     assert [record["event"] for record in read_log(moved)].count("end") == 1
     with pytest.raises(ConfigError, match="different config.*eval.num_iterations"):
         train(load_config(TINY_CONFIG, tiny_overrides(corpus, moved, "eval.num_iterations=3")), resume=True)
+
+
+def test_unreadable_config_files_and_overrides_are_config_errors(tmp_path):
+    cases = {"broken.yaml": b"model: [\n", "latin1.yaml": "optim:\n  seed: 1 # \xe9\n".encode("latin-1"),
+             "list.yaml": b"- model\n"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ConfigError, match=f"config file {tmp_path / name}"):
+            load_config(tmp_path / name)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(TINY_CONFIG, ["optim.learning_rate=["])
+    for value in ("1e400", ".inf", ".nan"):
+        with pytest.raises(ConfigError, match="optim.learning_rate must be a finite number"):
+            load_config(TINY_CONFIG, [f"optim.learning_rate={value}"])
 
 
 def test_yaml_float_spellings_are_accepted(tmp_path):

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -286,7 +287,7 @@ def placeholders(train_config: dict, data_info: DataInfo, ar_hint: str = "<teach
     return found
 
 
-def with_placeholders(value, found: list[Placeholder]):
+def with_placeholders(value: Any, found: list[Placeholder]) -> Any:
     """`value` (a config, recursively) with each local path replaced by `${VARIABLE}` (its sub-paths by
     `${VARIABLE}/rest`)."""
     if isinstance(value, dict):
@@ -611,10 +612,12 @@ def main_card(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-data", help="the teacher's training data (Hub dataset id), when its directory "
                                                "has no train_config.yaml saying it")
     args = parser.parse_args(argv)
+    if not (args.model_dir / "config.json").is_file():
+        parser.error(f"{args.model_dir} is not a saved model directory (no config.json)")
     try:
         write_card(args.model_dir, args.repo_id, args.results, args.speed, args.quality, args.license, args.copy_to,
                    args.data_name, args.distilled_by, args.distill_beams, args.teacher_name, args.teacher_data)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     print(args.model_dir / "README.md")
 
@@ -626,7 +629,12 @@ def main_push(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
     parser.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
-    files = push(args.model_dir, args.repo_id, args.dry_run, args.private)
+    if not args.model_dir.is_dir():
+        parser.error(f"model directory {args.model_dir} not found")
+    try:
+        files = push(args.model_dir, args.repo_id, args.dry_run, args.private)
+    except FileNotFoundError as error:
+        parser.error(str(error))
     print(("would upload" if args.dry_run else "uploaded") + f" to {args.repo_id}:")
     for name in files:
         print(f"  {name}")

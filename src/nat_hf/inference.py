@@ -100,7 +100,8 @@ def check_generate_kwargs(model, generate_kwargs: dict) -> None:
     validate in `generate`."""
     check = getattr(model, "_generation_options", None)
     if check is not None:
-        check(None, dict(generate_kwargs))
+        options = dict(generate_kwargs)
+        check(options.pop("generation_config", None), options)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def over_long_sources(model, tokenizer, sources: list[str]) -> dict[int, int]:
 
 
 def too_long_message(tokens: int, limit: int) -> str:
+    """Why a source is not translated (the CLI adds its --truncation hint to errors that start like this)."""
     return f"source has {tokens} tokens but the model accepts at most {limit}"
 
 

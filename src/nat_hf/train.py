@@ -186,7 +186,9 @@ def _coerce(value: Any, annotation, where: str) -> Any:
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is float and isinstance(value, str) and FLOAT_STRING.fullmatch(value.strip()):
-        return float(value)
+        value = float(value)
+    if annotation is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     if annotation in (int, float, str, bool) and not (isinstance(value, annotation)
                                                       and not (annotation is int and isinstance(value, bool))):
         raise ConfigError(f"{where} must be {annotation.__name__}, got {value!r}")
@@ -317,13 +319,24 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
-    values = yaml.safe_load(os.path.expandvars(path.read_text())) or {}  # ${NAT_HF_DATA_DIR} and friends
+    try:
+        values = yaml.safe_load(os.path.expandvars(path.read_text(encoding="utf-8"))) or {}  # ${NAT_HF_DATA_DIR}...
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid UTF-8 YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(values).__name__}")
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or key.count(".") != 1:
             raise ConfigError(f"override {override!r} must look like section.key=value")
         section, name = key.split(".")
-        values.setdefault(section, {})[name] = yaml.safe_load(os.path.expandvars(raw))
+        try:
+            value = yaml.safe_load(os.path.expandvars(raw))
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {override!r}: the value is not valid YAML: {error}") from None
+        if not isinstance(values.setdefault(section, {}), dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        values[section][name] = value
     return build_config(values)
 
 
@@ -492,6 +505,13 @@ def check_run_directory(config: TrainConfig, output_dir: Path, resume: bool) -> 
         differences = config_differences(saved, config.to_dict())
         if differences:
             raise ConfigError(f"--resume: {output_dir} was trained with a different config: {differences}")
+        # No checkpoint but a finished run or a best model saved by this version (always after a checkpoint): the
+        # checkpoints were removed, not lost to a kill. A restart would delete a trained model: refuse.
+        trained = [name for name in ("results.json", "averaged", f"best/{BEST_MARKER}") if (output_dir / name).exists()]
+        if checkpoint is None and trained:
+            raise ConfigError(f"--resume: {output_dir} has no checkpoint to continue from (checkpoints/ was removed) "
+                              f"but holds a trained model ({', '.join(trained)}); restarting would delete it: train "
+                              "into another run.output_dir")
         return checkpoint
     started = [name for name in RUN_STARTED if (output_dir / name).exists()]
     if checkpoint is not None or started:
@@ -670,15 +690,23 @@ def update_generation_defaults(model_dir: Path, options: dict) -> None:
 
 def truncate_log(path: Path, step: int) -> None:
     """Keep only the log records up to `step` (those after it belong to training that `--resume` repeats), then
-    note the resumption; the file is replaced by a rename, never left half-written."""
+    note the resumption; the file is replaced by a rename, never left half-written. A line that is not JSON (torn
+    by a kill or a full disk in the middle of a write) is dropped and counted in the `resume` record."""
     if not path.is_file():
         return
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records, skipped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            skipped += 1
     kept = [record for record in records if record.get("step", 0) <= step and record.get("event") != "end"]
     staging = path.with_name(path.name + ".staging")
     staging.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
     staging.rename(path)
-    log_line(path, {"event": "resume", "step": step})
+    log_line(path, {"event": "resume", "step": step, "skipped_lines": skipped})
 
 
 def log_line(path: Path, record: dict) -> None:
@@ -1005,8 +1033,11 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
         replace_directory(staging, output_dir / "averaged")
         final_models["averaged_"] = output_dir / "averaged"
         summary["averaged_steps"] = [int(path.stem.split("-")[1]) for path in snapshots]
-    if accelerator.is_main_process:  # `--resume` may have changed the final decoding: best/ decodes like it
+    if accelerator.is_main_process and (output_dir / "best").is_dir():
+        # `--resume` may have changed the final decoding, test splits or directory: best/ decodes like the final
+        # evaluation and carries the config that describes it (model cards reproduce the model from that copy)
         update_generation_defaults(output_dir / "best", decoding_options(config, final=True))
+        shutil.copy(config_path, output_dir / "best" / "train_config.yaml")
     for prefix, model_dir in final_models.items():
         if not accelerator.is_main_process:
             break

@@ -104,6 +104,14 @@ def test_forward_passes_the_training_step_to_the_method(tiny_model, monkeypatch)
     assert seen == [7, None]
 
 
+def test_an_option_of_another_method_raises_value_error_naming_it(tiny_config):
+    from nat_hf.methods import METHODS
+
+    options = {**METHODS["cmlm"].option_defaults(), "upsample_ratio": 2}
+    with pytest.raises(ValueError, match=r"\['upsample_ratio'\] do not apply to method 'cmlm'"):
+        METHODS["cmlm"].check_options(tiny_config, options)
+
+
 def test_cli_decoding_flags_are_the_methods_options():
     """`nat-hf translate` reads its NAT flags from the methods (declared once), the generic ones beside them."""
     import argparse

@@ -102,7 +102,11 @@ class NATMethod:
 
     def check_options(self, config, options: dict) -> None:
         """Raise ValueError naming the option if the decoding options (all of `Options`' fields) cannot be used
-        with a model of this `config`."""
+        with a model of this `config`, or if one is not this method's."""
+        unknown = sorted(set(options) - set(self.option_defaults()))
+        if unknown:
+            raise ValueError(f"decoding option(s) {unknown} do not apply to method {self.name!r} (its options: "
+                             f"{sorted(self.option_defaults())})")
         self.Options(**options).validate(config)
 
     def validate_config(self, config) -> None:

@@ -18,11 +18,23 @@ if TYPE_CHECKING:  # imported lazily at run time: `nat-hf --help` stays fast
 DEFAULT_CHUNK_SIZE = 1000  # input lines read, translated and printed at a time by `nat-hf translate`
 
 
-def add_decoding_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-iterations", type=int, help="Mask-Predict passes (NAT; default: the model's)")
-    parser.add_argument("--length-beam", type=int, help="length candidates per sentence (NAT; default: the model's)")
+GENERIC_DECODING_OPTIONS = ("num_beams", "max_new_tokens")
+
+
+def add_decoding_options(parser: argparse.ArgumentParser, with_methods: bool) -> None:
+    """Decoding flags: every NAT method's options as declared by the method (`nat_hf.methods`; e.g.
+    `--num-iterations`, `--length-beam`), read only when `with_methods` (the commands that load a model anyway:
+    importing `nat_hf` costs seconds), plus `--num-beams` and `--max-new-tokens`."""
+    names = []
+    if with_methods:
+        from nat_hf.methods import decoding_option_help
+
+        for name, (kind, text) in decoding_option_help().items():
+            parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+            names.append(name)
     parser.add_argument("--num-beams", type=int, help="beam size, for autoregressive models (e.g. a teacher)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on the output length, end-of-sentence included")
+    parser.set_defaults(decoding_names=(*names, *GENERIC_DECODING_OPTIONS))
     parser.add_argument("--batch-size", type=int, default=50, help="sentences per generate call")
     parser.add_argument("--truncation", action="store_true", help="cut over-long sources to the model's limit "
                         "(with a warning on stderr naming each line) instead of failing them")
@@ -34,8 +46,7 @@ def add_decoding_options(parser: argparse.ArgumentParser) -> None:
 
 
 def decoding_kwargs(args: argparse.Namespace) -> dict:
-    names = ("num_iterations", "length_beam", "num_beams", "max_new_tokens")
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in args.decoding_names if getattr(args, name) is not None}
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
@@ -206,8 +217,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
     scores = load_sacrebleu().compute(predictions=hypotheses, references=references)
     if args.output:
         Path(args.output).write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
-    decoding = {name: getattr(model.generation_config, name, None)
-                for name in ("num_iterations", "length_beam", "num_beams", "max_new_tokens")}
+    decoding = {name: getattr(model.generation_config, name, None) for name in args.decoding_names}
     decoding.update(decoding_kwargs(args))
     print(json.dumps({
         "model": str(args.model), "model_class": type(model).__name__, "source": str(args.source),
@@ -226,6 +236,8 @@ def command_train(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    with_methods = bool(argv) and argv[0] in ("translate", "evaluate")  # the method flags cost an import
     parser = argparse.ArgumentParser(prog="nat-hf", description="Non-autoregressive translation models for 🤗 "
                                      "transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -252,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     translate.add_argument("--chunk-size", type=int, metavar="LINES", help="lines read, length-sorted into batches, "
                            f"translated and written at a time (default: {DEFAULT_CHUNK_SIZE}; 1 when stdin is a "
                            "terminal)")
-    add_decoding_options(translate)
+    add_decoding_options(translate, with_methods)
     translate.set_defaults(run=command_translate)
 
     evaluate = commands.add_parser("evaluate", help="sacreBLEU/chrF of a model on a source/reference file pair")
@@ -260,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--source", required=True, type=Path)
     evaluate.add_argument("--reference", required=True, type=Path)
     evaluate.add_argument("--output", type=Path, help="write the translations here")
-    add_decoding_options(evaluate)
+    add_decoding_options(evaluate, with_methods)
     evaluate.set_defaults(run=command_evaluate)
 
     # these have their own parsers; listed here for --help
@@ -269,7 +281,6 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("card", help="write a model card from measured results (see nat-hf card -h)")
     commands.add_parser("push", help="upload a model directory to the Hub, or --dry-run (see nat-hf push -h)")
 
-    argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["distill"]:
         from nat_hf.distill import main as distill_main
 

@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoConfig
 
 from nat_hf import NATConfig
-from nat_hf.objectives import OBJECTIVES
+from nat_hf.methods import METHODS
 
 from .conftest import TINY
 
@@ -57,6 +57,6 @@ def test_invalid_values_raise_value_error_naming_the_field(overrides, field):
 
 
 def test_every_objective_in_the_table_is_a_valid_config():
-    for name in OBJECTIVES:
+    for name in METHODS:
         mode = "mask" if name == "cmlm" else "copy"
         assert NATConfig(**TINY, objective=name, decoder_input_mode=mode).objective == name

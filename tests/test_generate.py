@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from nat_hf import decoding
-from nat_hf.decoding import NonFiniteScoresError, predict_tokens
+from nat_hf import method_base
+from nat_hf.method_base import NonFiniteScoresError, predict_tokens
 
 from .conftest import TINY
 
@@ -106,11 +106,11 @@ def test_a_tiny_logits_budget_changes_no_output(tiny_model, source_batch, monkey
     input_ids, attention_mask = source_batch
     favour_long_targets(tiny_model)
     options = {"num_iterations": num_iterations, "length_beam": length_beam, "return_dict_in_generate": True}
-    monkeypatch.setattr(decoding, "LOGITS_BUDGET_BYTES", 10**12)
+    monkeypatch.setattr(method_base, "LOGITS_BUDGET_BYTES", 10**12)
     unbounded = tiny_model.generate(input_ids, attention_mask=attention_mask, **options)
     positions_per_call = []
     tiny_model.lm_head.register_forward_hook(lambda _, args, __: positions_per_call.append(args[0].shape[:-1]))
-    monkeypatch.setattr(decoding, "LOGITS_BUDGET_BYTES", 3 * 4 * TINY["vocab_size"])
+    monkeypatch.setattr(method_base, "LOGITS_BUDGET_BYTES", 3 * 4 * TINY["vocab_size"])
     bounded = tiny_model.generate(input_ids, attention_mask=attention_mask, **options)
     assert max(shape.numel() for shape in positions_per_call) == 3
     assert len(positions_per_call) >= 3 * num_iterations  # several chunks per pass

@@ -270,7 +270,8 @@ def test_model_card_from_measured_results_and_push_dry_run(finished_run, capsys)
     cli(["push", str(best), "nat-hf/tiny-toy", "--dry-run"])
     listed = {line.strip() for line in capsys.readouterr().out.splitlines()[1:]}
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md",
-            "modeling_nat.py", "configuration_nat.py", "decoding.py", "objectives.py", "pipeline_nat.py"} <= listed
+            "modeling_nat.py", "configuration_nat.py", "methods.py", "method_base.py", "method_cmlm.py",
+            "method_vanilla.py", "pipeline_nat.py"} <= listed
 
 
 # ------------------------------------------------------------------------------------------- hardening (issue 11)

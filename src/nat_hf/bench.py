@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-from .decoding import length_candidates
 from .inference import load_translator, output_limit, with_output_length_cap
 
 
@@ -95,10 +94,11 @@ class Translator:
             system.path, **(extended_position_kwargs(config, min_output_length) if extend else {}))
         self.positions_extended_to = min_output_length if extend else None
         self.options = with_output_length_cap(self.model, self.options)
-        self.is_nat = hasattr(self.model, "refine")
+        self.is_nat = getattr(self.model, "nat_method", None) is not None
         generation = self.model.generation_config
-        self.one_pass = self.is_nat and all(self.options.get(name, getattr(generation, name, None)) == 1
-                                            for name in ("num_iterations", "length_beam"))
+        self.one_pass = self.is_nat and self.model.nat_method.is_single_pass(
+            {name: self.options.get(name, getattr(generation, name, default))
+             for name, default in self.model.nat_method.option_defaults().items()})
         self.model_class, self.parameters = type(self.model).__name__, self.model.num_parameters()
         self.max_length = output_limit(self.model.config)
 
@@ -114,21 +114,11 @@ class Translator:
 
     @torch.no_grad()
     def raw_forward(self, texts: list[str]) -> None:
-        """One encoder pass, the length prediction, and one decoder pass with output projection on `<mask>`
-        inputs of the predicted length: the arithmetic of one-pass decoding without `generate`'s bookkeeping."""
+        """The arithmetic of one-pass decoding without `generate`'s bookkeeping, as the model's method defines it
+        (`cmlm`/`vanilla`: one encoder pass, the length prediction, and one decoder pass with output projection on
+        `<mask>` inputs of the predicted length)."""
         batch = self.encode(texts)
-        model = self.model
-        mask = batch["attention_mask"].bool()
-        hidden = model.model.encode(batch["input_ids"], mask)
-        length_logits = model.model.predict_length(hidden, mask)
-        empty = torch.zeros(mask.shape[0], dtype=torch.bool)
-        lengths = length_candidates(length_logits, mask.sum(-1), empty, model.config, 1,
-                                    model.config.max_target_positions).squeeze(-1)
-        target_len = int(lengths.max())
-        target_mask = torch.arange(target_len)[None, :] < lengths[:, None]
-        context = model.model.make_context(batch["input_ids"], mask, hidden)
-        decoder_input_ids = torch.full(target_mask.shape, model.config.mask_token_id)
-        model.decoder_logits(decoder_input_ids, target_mask, context).argmax(-1)
+        self.model.nat_method.timing_pass(self.model, batch["input_ids"], batch["attention_mask"].bool())
 
 
 def extended_position_kwargs(config, length: int) -> dict:
@@ -229,7 +219,7 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
 @torch.no_grad()
 def decode_fixed_length(translator: Translator, input_ids: torch.Tensor, length: int) -> None:
     """Translate one synthetic source into exactly `length` tokens: AR decoding forced to that many steps,
-    NAT decoding (the configured strategy, iterations and length beam) on that target length."""
+    NAT decoding (the method's, with the configured options) on that target length."""
     options = translator.options
     if translator.backend == "ctranslate2":
         tokens = [translator.ct2.tokenizer.convert_ids_to_tokens(input_ids[0].tolist())]
@@ -240,16 +230,12 @@ def decode_fixed_length(translator: Translator, input_ids: torch.Tensor, length:
     if not translator.is_nat:
         model.generate(input_ids, **{**options, "min_new_tokens": length, "max_new_tokens": length})
         return
-    from .decoding import DECODING_STRATEGIES, best_candidates
-
     mask = torch.ones_like(input_ids, dtype=torch.bool)
-    length_beam = options.get("length_beam", model.generation_config.length_beam)
-    context = model.model.make_context(input_ids, mask, model.model.encode(input_ids, mask), True)
-    context = context.repeat_rows(length_beam)
-    strategy = DECODING_STRATEGIES[options.get("decoding_strategy", "mask_predict")]
-    state = strategy(model, context, torch.full((length_beam,), length),
-                     options.get("num_iterations", model.generation_config.num_iterations), length_beam > 1)
-    best_candidates(state, length_beam)
+    method = model.nat_method
+    decoding = {name: options.get(name, getattr(model.generation_config, name, default))
+                for name, default in method.option_defaults().items()}
+    decoding.update(max_length=length, return_dict_in_generate=False)
+    method.decode(model, input_ids, mask, decoding, forced_lengths=torch.full((input_ids.shape[0],), length))
 
 
 def benchmark_length_cost(systems: list[System], lengths: list[int], threads: int, repeats: int = 5) -> dict:

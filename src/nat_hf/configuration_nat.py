@@ -3,8 +3,6 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .objectives import OBJECTIVES
-
 LENGTH_PREDICTION_MODES = ("offset", "absolute")
 DECODER_INPUT_MODES = ("mask", "copy")
 POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal")
@@ -17,8 +15,8 @@ class NATConfig(PreTrainedConfig):
     encoder states, and a decoder that attends to all target positions at once (no causal mask) and predicts every
     target token in parallel.
 
-    Decoding options (`num_iterations`, `length_beam`) are not stored here: they live in the model's
-    `generation_config` (see `NATForConditionalGeneration.generate`).
+    Decoding options (the method's, e.g. `num_iterations`, `length_beam`) are not stored here: they live in the
+    model's `generation_config` (see `NATForConditionalGeneration.generate`).
 
     Args:
         vocab_size (`int`, defaults to 8000):
@@ -74,8 +72,9 @@ class NATConfig(PreTrainedConfig):
         label_smoothing (`float`, defaults to 0.1):
             Label smoothing of the token cross-entropy.
         objective (`str`, defaults to `"cmlm"`):
-            Training objective, a key of `nat_hf.objectives.OBJECTIVES`: `"cmlm"` (conditional masked LM,
-            Mask-Predict training) or `"vanilla"` (every target position predicted in one pass).
+            The method (training objective and decoding), a key of `nat_hf.methods.METHODS`: `"cmlm"`
+            (conditional masked LM, Mask-Predict training) or `"vanilla"` (every target position predicted in one
+            pass). The method's own rules on the other fields run with the architecture checks.
         decoder_input_mode (`str`, defaults to `"mask"`):
             What the decoder reads: `"mask"`, target token embeddings with `<mask>` at unknown positions (needed by
             CMLM and iterative refinement); or `"copy"`, source token embeddings copied uniformly onto the target
@@ -172,12 +171,15 @@ class NATConfig(PreTrainedConfig):
         for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
             check(0.0 <= getattr(self, name) < 1.0, f"`{name}` must be in [0, 1), got {getattr(self, name)}")
         check(self.length_loss_weight >= 0, f"`length_loss_weight` must be >= 0, got {self.length_loss_weight}")
-        check(self.objective in OBJECTIVES,
-              f"`objective` must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
+        # The registry is imported here, not at module level: the config module loads no method (loss) code
+        # until a config is validated, and `methods` never imports this module (no cycle).
+        from .methods import METHODS
+
+        check(self.objective in METHODS,
+              f"`objective` must be one of {sorted(METHODS)}, got {self.objective!r}")
         check(self.decoder_input_mode in DECODER_INPUT_MODES,
               f"`decoder_input_mode` must be one of {DECODER_INPUT_MODES}, got {self.decoder_input_mode!r}")
-        check(not (self.objective == "cmlm" and self.decoder_input_mode != "mask"),
-              "`decoder_input_mode` must be 'mask' with objective 'cmlm' (it conditions on observed target tokens)")
+        METHODS[self.objective].validate_config(self)  # the method's own rules (ValueError naming the field)
         check(self.length_prediction_mode in LENGTH_PREDICTION_MODES,
               f"`length_prediction_mode` must be one of {LENGTH_PREDICTION_MODES}, "
               f"got {self.length_prediction_mode!r}")

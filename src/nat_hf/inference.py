@@ -82,11 +82,12 @@ def with_output_length_cap(model, generate_kwargs: dict) -> dict:
     """`generate_kwargs`, plus `max_new_tokens` for an autoregressive model when neither the call nor the model's
     generation config caps the output: transformers would otherwise stop at its model-agnostic `max_length=20`
     and silently cut longer translations. The cap is one below the longest output the model's positions allow;
-    decoding still ends at end-of-sentence. NAT models (which have `refine`) cap their lengths themselves."""
+    decoding still ends at end-of-sentence. NAT models (which have a `nat_method`) cap their lengths themselves."""
     from transformers import GenerationConfig
 
     generation_config = model.generation_config
-    if (hasattr(model, "refine") or "max_new_tokens" in generate_kwargs or "max_length" in generate_kwargs
+    is_nat = getattr(model, "nat_method", None) is not None
+    if (is_nat or "max_new_tokens" in generate_kwargs or "max_length" in generate_kwargs
             or generation_config.max_new_tokens is not None
             or generation_config.max_length != GenerationConfig().max_length):
         return generate_kwargs

@@ -1,9 +1,11 @@
-"""Non-autoregressive Transformer for translation: encoder, length predictor, and a decoder that predicts every
-target token in parallel.
+"""Non-autoregressive Transformer for translation: the backbone (embeddings, encoder, a decoder that predicts every
+target position in parallel, output projection) behind a *method* (`config.objective`, a row of
+`methods.METHODS`).
 
 The decoder attends bidirectionally over the target positions; its input is `<mask>` embeddings (plus the tokens
 already decided, for iterative refinement) or, in `"copy"` mode, source embeddings copied onto the target
-positions. Training objectives live in `objectives.py`, decoding strategies in `decoding.py`.
+positions. The method owns the rest: its heads (e.g. the length predictor), its loss (`forward` with `labels`
+delegates to it) and its decoding and options (`generate` delegates to it). See `method_base.py`.
 """
 
 import math
@@ -24,19 +26,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_nat import NATConfig
-from .decoding import (
-    DECODING_STRATEGIES,
-    DecodingState,
-    best_candidates,
-    check_finite,
-    finish_sequences,
-    length_candidates,
-    predict_tokens,
-)
-from .objectives import OBJECTIVES
+from .method_base import NATMethod, finish_sequences
+from .methods import METHODS
 
-# Decoding defaults; a model's `generation_config` (generation_config.json) and call-site kwargs override them.
-NAT_GENERATION_DEFAULTS = {"num_iterations": 10, "length_beam": 5, "decoding_strategy": "mask_predict"}
 # The translation pipeline saved beside every model, so `pipeline(model=..., trust_remote_code=True)` finds it.
 PIPELINE_FILE = Path(__file__).with_name("pipeline_nat.py")
 CUSTOM_PIPELINES = {
@@ -53,7 +45,7 @@ class NATModelOutput(ModelOutput):
 
     Args:
         last_hidden_state: `[batch, target_len, d_model]` decoder output (`None` without decoder inputs).
-        length_logits: `[batch, num_length_classes]` scores of the length predictor.
+        length_logits: `[batch, num_length_classes]` scores of the length predictor (methods with one).
         decoder_hidden_states: with `output_hidden_states`, `decoder_layers + 1` tensors `[batch, target_len,
             d_model]`: the decoder input (embeddings + positions) and each layer's output (the last one after the
             final LayerNorm when pre-norm, i.e. `last_hidden_state`).
@@ -80,12 +72,13 @@ class NATSeq2SeqLMOutput(ModelOutput):
     """Output of [`NATForConditionalGeneration`].
 
     Args:
-        loss: `token_loss + config.length_loss_weight * length_loss` (with `labels`).
-        logits: `[batch, target_len, vocab]` decoder logits: those the objective trained on (with `labels`) or
+        loss: the method's total loss (with `labels`); for `cmlm`/`vanilla`
+            `token_loss + config.length_loss_weight * length_loss`.
+        logits: `[batch, target_len, vocab]` decoder logits: those the method trained on (with `labels`) or
             those of the given `decoder_input_ids`.
-        length_logits: `[batch, num_length_classes]` scores of the length predictor.
-        token_loss: the objective's token loss (with `labels`).
-        length_loss: cross-entropy of the length predictor (with `labels`).
+        length_logits: `[batch, num_length_classes]` scores of the length predictor (methods with one).
+        token_loss: the method's loss term named `token` (with `labels`).
+        length_loss: the method's loss term named `length` (with `labels`; methods with a length predictor).
         decoder_hidden_states, decoder_attentions, cross_attentions, encoder_last_hidden_state,
         encoder_hidden_states, encoder_attentions: as in [`NATModelOutput`]; the decoder ones only with
             `decoder_input_ids` (with `labels` the decoder passes belong to the objective and are not returned).
@@ -349,6 +342,12 @@ class NATPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _no_split_modules = ["NATEncoderLayer", "NATDecoderLayer"]
 
+    @property
+    def nat_method(self) -> NATMethod:
+        """The method of `config.objective` (its heads, loss, decoding and options). Its presence is what marks a
+        NAT model (e.g. for `inference.py` and `nat-hf bench`)."""
+        return METHODS[self.config.objective]
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, NATPositionEmbedding):
@@ -563,7 +562,8 @@ class NATDecoder(nn.Module):
 
 
 class NATModel(NATPreTrainedModel):
-    """Embeddings, encoder, length predictor and decoder, without the output projection."""
+    """Embeddings, encoder, decoder and the method's heads (e.g. `length_predictor`), without the output
+    projection."""
 
     def __init__(self, config: NATConfig):
         super().__init__(config)
@@ -576,7 +576,8 @@ class NATModel(NATPreTrainedModel):
         )
         self.encoder = NATEncoder(config)
         self.decoder = NATDecoder(config)
-        self.length_predictor = nn.Linear(config.d_model, config.num_length_classes)
+        for name, head in self.nat_method.heads(config).items():  # e.g. `length_predictor` (its saved name)
+            self.add_module(name, head)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -616,12 +617,6 @@ class NATModel(NATPreTrainedModel):
         inputs_embeds = inputs_embeds * self.embed_scale
         return self.encoder(inputs_embeds, self.key_padding_mask(attention_mask, inputs_embeds),
                             output_hidden_states, output_attentions)
-
-    def predict_length(self, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Length logits `[batch, num_length_classes]` from the mean of the non-padding encoder states."""
-        mask = attention_mask[..., None].to(encoder_hidden_states.dtype)  # [batch, source_len, 1]
-        pooled = (encoder_hidden_states * mask).sum(1) / mask.sum(1)  # [batch, d_model]
-        return self.length_predictor(pooled)
 
     def make_context(
         self,
@@ -714,7 +709,8 @@ class NATModel(NATPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> NATModelOutput | tuple:
-        """Encoder states and length logits of the source; decoder states too when decoder inputs are given.
+        """Encoder states and the method's head outputs (length logits) of the source; decoder states too when
+        decoder inputs are given.
 
         Args:
             input_ids: `[batch, source_len]` right-padded source ids (or `inputs_embeds`, `[batch, source_len,
@@ -742,7 +738,8 @@ class NATModel(NATPreTrainedModel):
                                            output_hidden_states, output_attentions)
         return NATModelOutput(
             last_hidden_state=decoder.last_hidden_state,
-            length_logits=self.predict_length(encoder.last_hidden_state, attention_mask),
+            length_logits=self.nat_method.head_outputs(self, encoder.last_hidden_state, attention_mask).get(
+                "length_logits"),
             decoder_hidden_states=decoder.hidden_states,
             decoder_attentions=decoder.attentions,
             cross_attentions=decoder.cross_attentions,
@@ -754,7 +751,7 @@ class NATModel(NATPreTrainedModel):
 
 class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
     """NAT translation model: [`NATModel`] + output projection, a training `forward` (loss from `labels` through
-    the configured objective) and a parallel `generate` (Mask-Predict)."""
+    the configured method) and a parallel `generate` (the method's decoding)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
     # forward() returns a loss already averaged over its batch: Trainer must not rescale it.
@@ -768,7 +765,7 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         # A fresh GenerationConfig (not one derived from the model config) so that the NAT options survive
         # save_pretrained / from_pretrained.
         self.generation_config = GenerationConfig(
-            **NAT_GENERATION_DEFAULTS, pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id
+            **self.nat_method.option_defaults(), pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id
         )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -816,13 +813,6 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
                              f"{config.max_target_positions}")
         return target[:, :longest], target_mask[:, :longest]
 
-    def length_classes(self, target_lengths: torch.Tensor, source_lengths: torch.Tensor) -> torch.Tensor:
-        """Length-predictor class of each target length (clipped to the representable range)."""
-        if self.config.length_prediction_mode == "offset":
-            offset = self.config.max_length_offset
-            return (target_lengths - source_lengths + offset).clamp(0, 2 * offset)
-        return target_lengths.clamp(0, self.config.max_target_positions)
-
     # ------------------------------------------------------------------------------------- forward passes
     def decoder_logits(
         self,
@@ -847,9 +837,13 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        step: int | None = None,
     ) -> NATSeq2SeqLMOutput | tuple:
-        """With `labels`: the training loss of `config.objective` plus the weighted length loss. With
-        `decoder_input_ids` (or `decoder_inputs_embeds`): the logits of one decoder pass over them.
+        """With `labels`: the training loss of the method (`config.objective`). With `decoder_input_ids` (or
+        `decoder_inputs_embeds`): the logits of one decoder pass over them.
+
+        `step`, the training step (optional; the training loop passes it, transformers' Trainer does not), reaches
+        the method's loss for schedules; `cmlm` and `vanilla` do not read it.
 
         The source is `input_ids` (right-padded; or `inputs_embeds`) and its `attention_mask`, as in
         [`NATModel.forward`]. `labels` are target ids right-padded with pad or -100, as a tokenizer's `text_target`
@@ -883,63 +877,17 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         input_ids, inputs_embeds = (None, source) if inputs_embeds is not None else (source, None)
         encoder = self.model.encoder_outputs(input_ids, attention_mask, inputs_embeds, output_hidden_states,
                                              output_attentions)
-        length_logits = self.model.predict_length(encoder.last_hidden_state, attention_mask)
         context = self.model.make_context(input_ids, attention_mask, encoder.last_hidden_state)
         target, target_mask = self._prepare_targets(labels)
-        objective = OBJECTIVES[self.config.objective](self, target, target_mask, context)
-        length_target = self.length_classes(target_mask.sum(-1), attention_mask.sum(-1))
-        length_loss = F.cross_entropy(length_logits, length_target)
-        loss = objective.loss + self.config.length_loss_weight * length_loss
+        result = self.nat_method.loss(self, context, target, target_mask, step)
         return NATSeq2SeqLMOutput(
-            loss=loss, logits=objective.logits, length_logits=length_logits, token_loss=objective.loss,
-            length_loss=length_loss, encoder_last_hidden_state=encoder.last_hidden_state,
-            encoder_hidden_states=encoder.hidden_states, encoder_attentions=encoder.attentions,
+            loss=result.total, logits=result.logits, length_logits=result.outputs.get("length_logits"),
+            token_loss=result.terms.get("token"), length_loss=result.terms.get("length"),
+            encoder_last_hidden_state=encoder.last_hidden_state, encoder_hidden_states=encoder.hidden_states,
+            encoder_attentions=encoder.attentions,
         )
 
     # ------------------------------------------------------------------------------------------ decoding
-    def refine(
-        self,
-        state: DecodingState,
-        remask: torch.Tensor,
-        self_attention_mask: torch.Tensor | None,
-        context: NATEncoderContext,
-        max_masked: int | None = None,
-        with_scores: bool = True,
-    ) -> DecodingState:
-        """One refinement step: replace the tokens at `remask` (`[rows, target_len]` bool) by `<mask>`, run the
-        decoder once, and take its most probable token (special tokens excluded) and log-probability at those
-        positions; the other positions keep their tokens and scores.
-
-        `max_masked`, an upper bound on the masked positions of any row known without a host sync, limits the
-        output projection (the largest single layer) to that many positions per row. `with_scores=False` skips
-        the normalisation over the vocabulary (the new tokens get score 0, NaN where the logit is not finite), for
-        a last pass whose scores nobody reads: one-pass decoding with a single length candidate.
-
-        Memory: the projection runs over chunks of positions (`decoding.predict_tokens`), so the float32 logits
-        take at most `decoding.LOGITS_BUDGET_BYTES` (64 MiB; twice that with logsumexp's temporary) whatever the
-        batch, length beam, length and vocabulary; tokens and scores do not depend on the chunking."""
-        config = self.config
-        decoder_input_ids = state.tokens.masked_fill(remask, config.mask_token_id)
-        hidden = self.model.decode(decoder_input_ids, state.valid, context, self_attention_mask)
-        positions = None
-        if max_masked is not None and max_masked < remask.shape[1]:
-            # the masked positions of each row first (then filler positions whose result is discarded)
-            positions = remask.to(torch.int8).sort(dim=-1, descending=True, stable=True).indices[:, :max_masked]
-            hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # [rows, k, d_model]
-        special = [i for i in (config.pad_token_id, config.eos_token_id, config.mask_token_id,
-                               config.blank_token_id, config.bos_token_id) if i is not None]
-        # [rows, positions] each; scores: log-probability of the chosen token under the full distribution
-        tokens, scores = predict_tokens(hidden, self.lm_head, special, with_scores)
-        if positions is not None:
-            tokens = state.tokens.scatter(1, positions, tokens)
-            scores = state.scores.scatter(1, positions, scores)
-        return DecodingState(
-            tokens=torch.where(remask, tokens, state.tokens),
-            scores=torch.where(remask, scores, state.scores),
-            lengths=state.lengths,
-            step=state.step + 1,
-        )
-
     def prepare_decoder_mask(
         self, lengths: torch.Tensor, target_len: int, context: NATEncoderContext
     ) -> torch.Tensor | None:
@@ -948,9 +896,11 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         return self.model.decoder_self_attention_mask(target_mask, context.hidden_states)
 
     def _generation_options(self, generation_config: GenerationConfig | None, kwargs: dict) -> dict:
-        """Resolve decoding options (call-site kwargs > generation config > defaults) and reject what NAT
-        decoding cannot honour, with a ValueError naming the option, before any computation. Pops what it reads
-        from `kwargs`."""
+        """Resolve decoding options (call-site kwargs > generation config > the method's defaults) and reject what
+        NAT decoding cannot honour, with a ValueError naming the option, before any computation: the method's own
+        options (declared by its `Options`, checked by it) and the options every method shares (`max_new_tokens`
+        / `max_length`, `return_dict_in_generate`; `do_sample` and `num_beams` > 1 are refused). Pops what it
+        reads from `kwargs`."""
         generation_config = generation_config if generation_config is not None else self.generation_config
         if not isinstance(generation_config, GenerationConfig):
             raise ValueError(f"generation_config must be a transformers.GenerationConfig, got "
@@ -960,8 +910,9 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
+        method = self.nat_method
         options = {name: kwargs.pop(name, getattr(generation_config, name, default))
-                   for name, default in NAT_GENERATION_DEFAULTS.items()}
+                   for name, default in method.option_defaults().items()}
         do_sample = kwargs.pop("do_sample", generation_config.do_sample)
         num_beams = kwargs.pop("num_beams", generation_config.num_beams)
         if do_sample is not None and not isinstance(do_sample, bool):
@@ -974,17 +925,7 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
             if num_beams > 1:
                 raise ValueError(f"num_beams={num_beams} is beam search, an autoregressive option: NAT decoding "
                                  "searches over lengths instead (use length_beam)")
-        for name in ("num_iterations", "length_beam"):
-            check_integer(name, options[name], 1)
-        if options["length_beam"] > self.config.num_length_classes:
-            raise ValueError(f"length_beam={options['length_beam']} exceeds the number of length classes "
-                             f"({self.config.num_length_classes})")
-        strategy = options["decoding_strategy"]
-        if not isinstance(strategy, str) or strategy not in DECODING_STRATEGIES:
-            raise ValueError(f"decoding_strategy must be one of {sorted(DECODING_STRATEGIES)}, got {strategy!r}")
-        if options["num_iterations"] > 1 and self.config.decoder_input_mode != "mask":
-            raise ValueError("num_iterations > 1 needs decoder_input_mode='mask': a 'copy' decoder cannot "
-                             "condition on its own previous output")
+        method.check_options(self.config, options)
         max_length = self.config.max_target_positions
         max_new_tokens = kwargs.pop("max_new_tokens", generation_config.max_new_tokens)
         call_max_length = kwargs.pop("max_length", None)  # the config's max_length (default 20) is an AR default
@@ -1003,7 +944,7 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
             raise ValueError(
                 f"generate() got options that NAT decoding does not support: {sorted(kwargs)}. Autoregressive "
                 "options (sampling, beam search, repetition penalties, ...) do not apply; NAT decoding takes "
-                f"{sorted(NAT_GENERATION_DEFAULTS)}, max_new_tokens and return_dict_in_generate."
+                f"{sorted(method.option_defaults())}, max_new_tokens and return_dict_in_generate."
             )
         return options
 
@@ -1016,17 +957,19 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.LongTensor | NATGenerateOutput:
-        """Translate a batch in parallel with Mask-Predict.
+        """Translate a batch in parallel with the method's decoding (`cmlm`/`vanilla`: Mask-Predict).
 
-        Predicts the length distribution, keeps the `length_beam` most probable lengths, decodes every candidate
-        with `num_iterations` refinement passes, and returns the candidate with the best mean log-probability.
-        The encoder runs once per batch; the candidates share its output and precomputed cross-attention keys.
+        For `cmlm`/`vanilla`: predicts the length distribution, keeps the `length_beam` most probable lengths,
+        decodes every candidate with `num_iterations` refinement passes, and returns the candidate with the best
+        mean log-probability. The encoder runs once per batch; the candidates share its output and precomputed
+        cross-attention keys.
 
         Args:
             inputs / input_ids: `[batch, source_len]` right-padded source ids.
             attention_mask: `[batch, source_len]`, 1 on real tokens (derived from padding if omitted).
             generation_config: overrides `self.generation_config`.
-            kwargs: `num_iterations`, `length_beam`, `decoding_strategy`, `max_new_tokens` / `max_length` (cap on
+            kwargs: the method's options (`cmlm`/`vanilla`: `num_iterations`, `length_beam`,
+                `decoding_strategy`), `max_new_tokens` / `max_length` (cap on
                 the returned sequence, end-of-sentence included: a cap of 1 leaves end-of-sentence alone, an empty
                 translation), `return_dict_in_generate`. A bad option raises ValueError before any computation.
 
@@ -1036,10 +979,10 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
             translation.
 
         Raises:
-            decoding.NonFiniteScoresError (a FloatingPointError): the length logits or the token scores hold NaN or
+            method_base.NonFiniteScoresError (a FloatingPointError): the length logits or the token scores hold NaN or
                 inf (e.g. NaN weights), checked once after the last pass; no garbage translation is returned.
 
-        Memory: besides the model's activations, each pass materialises at most `decoding.LOGITS_BUDGET_BYTES`
+        Memory: besides the model's activations, each pass materialises at most `method_base.LOGITS_BUDGET_BYTES`
         (64 MiB) of float32 logits (twice that with logsumexp's temporary): the output projection runs over
         chunks of positions, so the peak does not grow with batch x length_beam x length x vocabulary.
         """
@@ -1047,27 +990,12 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
             raise ValueError("pass the source as `inputs` or as `input_ids`, not both")
         options = self._generation_options(generation_config, kwargs)
         input_ids, attention_mask = self._check_source(inputs if inputs is not None else input_ids, attention_mask)
-        config = self.config
-        length_beam = options["length_beam"]
-
-        encoder_hidden_states = self.model.encode(input_ids, attention_mask)
-        length_logits = self.model.predict_length(encoder_hidden_states, attention_mask)
-        empty_source = (attention_mask & (input_ids != config.eos_token_id)).sum(-1) == 0  # [batch]
-        lengths = length_candidates(
-            length_logits, attention_mask.sum(-1), empty_source, config, length_beam, options["max_length"]
-        )  # [batch, length_beam]
-        context = self.model.make_context(
-            input_ids, attention_mask, encoder_hidden_states, precompute_cross_attention=True
-        ).repeat_rows(length_beam)
-        strategy = DECODING_STRATEGIES[options["decoding_strategy"]]
-        # the last pass's scores pick among length candidates and are returned with return_dict_in_generate
-        final_scores = length_beam > 1 or options["return_dict_in_generate"]
-        state = strategy(self, context, lengths.flatten(), options["num_iterations"], final_scores)
-        check_finite(length_logits, state.scores)  # the one check on values: raises rather than return garbage
-        tokens, best_lengths, scores = best_candidates(state, length_beam)
-        sequences = finish_sequences(tokens, best_lengths, config.eos_token_id, config.pad_token_id)
+        hypotheses = self.nat_method.decode(self, input_ids, attention_mask, options)
+        sequences = finish_sequences(hypotheses.tokens, hypotheses.lengths, self.config.eos_token_id,
+                                     self.config.pad_token_id)
         if options["return_dict_in_generate"]:
-            return NATGenerateOutput(sequences=sequences, sequences_scores=scores, lengths=best_lengths)
+            return NATGenerateOutput(sequences=sequences, sequences_scores=hypotheses.scores,
+                                     lengths=hypotheses.lengths)
         return sequences
 
 

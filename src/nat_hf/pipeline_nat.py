@@ -14,9 +14,10 @@ class NATTranslationPipeline(Pipeline):
     """Translate a string or a list of strings; returns `[{"translation_text": ...}, ...]`.
 
     Call-time options: `truncation` (default `False`: a source longer than the model accepts raises an error
-    instead of being cut), `batch_size`, and decoding options, all passed on to `model.generate`
-    (`num_iterations`, `length_beam`, `decoding_strategy`, `max_new_tokens`, ...). A NAT model checks them when
-    they are given, so a bad one raises `ValueError` before any sentence is translated. A blank (empty or
+    instead of being cut), `batch_size`, and decoding options, all passed on to `model.generate` (the method's
+    options, e.g. `num_iterations`, `length_beam`, `decoding_strategy`; `max_new_tokens`, ...). A NAT model checks
+    them (through its method) when they are given, so a bad one raises `ValueError` before any sentence is
+    translated. A blank (empty or
     whitespace-only) source translates to an empty string without running the model.
     """
 

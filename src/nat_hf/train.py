@@ -46,6 +46,7 @@ import yaml
 from .configuration_nat import NATConfig
 from .data import DataCollatorForNAT, DataError, load_split, token_budget_batches, tokenize_split
 from .inference import translate_texts
+from .methods import METHODS
 from .modeling_nat import NATForConditionalGeneration
 from .tokenization import config_kwargs_from_tokenizer, train_tokenizer
 
@@ -312,6 +313,22 @@ def validate_config(config: TrainConfig) -> None:
             for key in ("num_iterations", "final_num_iterations"):
                 if getattr(config.eval, key) != 1:
                     raise ConfigError(f"eval.{key} must be 1 with model.decoder_input_mode=copy (one-pass decoding)")
+        check_decoding_options(config)
+
+
+def check_decoding_options(config: TrainConfig) -> None:
+    """The method's own validation of the evaluation decoding options (the one `generate` runs), at YAML time: a
+    `ConfigError` naming the `eval.` key instead of a failure at the first evaluation, after training."""
+    nat_config = NATConfig(**nat_architecture(config.model), vocab_size=8000)
+    method = METHODS[nat_config.objective]
+    for final in (False, True):
+        options = decoding_options(config, final)
+        try:
+            method.check_options(nat_config, {**method.option_defaults(), **options})
+        except ValueError as error:
+            named = [name for name in options if name in str(error)]
+            key = f"eval.{'final_' if final else ''}{named[0]}" if named else "eval"
+            raise ConfigError(f"{key}: {error}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -357,11 +374,12 @@ def ar_config(args: ModelArgs, tokenizer):
     )
 
 
-def training_loss(model, batch: dict, family: str, label_smoothing: float) -> torch.Tensor:
-    """The batch-averaged training loss: the NAT model's own (objective + length), or for an AR model the
-    label-smoothed cross-entropy of teacher forcing over the non-padding target tokens."""
+def training_loss(model, batch: dict, family: str, label_smoothing: float, step: int | None = None
+                  ) -> torch.Tensor:
+    """The batch-averaged training loss: the NAT model's own (its method's, which sees the training `step`), or
+    for an AR model the label-smoothed cross-entropy of teacher forcing over the non-padding target tokens."""
     if family == "nat":
-        return model(**batch).loss
+        return model(**batch, step=step).loss
     from transformers.models.marian.modeling_marian import shift_tokens_right
 
     config = model.config
@@ -977,7 +995,8 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
                 window_tokens += batch["input_ids"].numel() + batch["labels"].numel()  # padded tokens processed
                 last_micro_batch = micro == len(group) - 1  # gradients are synchronised across processes only here
                 with contextlib.nullcontext() if last_micro_batch else accelerator.no_sync(model):
-                    loss = training_loss(model, batch, config.model.family, config.model.label_smoothing)
+                    loss = training_loss(model, batch, config.model.family, config.model.label_smoothing,
+                                         step=state["step"])
                     accelerator.backward(loss / accumulation)
                 losses.append(loss.detach())
             accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)

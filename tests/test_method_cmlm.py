@@ -1,7 +1,9 @@
 import torch
 import torch.nn.functional as F
 
-from nat_hf.objectives import OBJECTIVES, cmlm_objective, masked_token_loss, sample_cmlm_mask
+from nat_hf.method_base import masked_token_loss
+from nat_hf.method_cmlm import sample_cmlm_mask
+from nat_hf.methods import METHODS
 
 
 def test_cmlm_mask_draws_between_one_and_all_tokens_of_each_target():
@@ -39,10 +41,10 @@ def test_cmlm_objective_trains_on_masked_positions_only(tiny_model):
     torch.manual_seed(5)
     masked = sample_cmlm_mask(target_mask)
     torch.manual_seed(5)
-    output = cmlm_objective(tiny_model, target, target_mask, context)
-    expected = masked_token_loss(output.logits, target, masked, tiny_model.config.label_smoothing)
-    torch.testing.assert_close(output.loss, expected)
+    logits, loss = METHODS["cmlm"].token_loss(tiny_model, context, target, target_mask)
+    expected = masked_token_loss(logits, target, masked, tiny_model.config.label_smoothing)
+    torch.testing.assert_close(loss, expected)
 
 
 def test_objective_table_has_the_shared_signature():
-    assert set(OBJECTIVES) == {"cmlm", "vanilla"}
+    assert set(METHODS) == {"cmlm", "vanilla"}

@@ -1,14 +1,14 @@
 import torch
 
-from nat_hf import NATConfig
-from nat_hf.decoding import (
+from nat_hf import NATConfig, method_cmlm
+from nat_hf.method_base import (
     DecodingState,
     best_candidates,
     finish_sequences,
     length_candidates,
     lowest_scoring_positions,
-    mask_predict,
 )
+from nat_hf.method_cmlm import mask_predict, refine
 
 from .conftest import TINY
 
@@ -28,17 +28,15 @@ def test_lowest_scoring_positions_on_a_hand_built_case():
     assert lowest_scoring_positions(scores, valid, torch.tensor([9, 9])).equal(valid)
 
 
-def test_mask_predict_remasks_the_scheduled_number_of_lowest_probability_tokens(tiny_model):
+def test_mask_predict_remasks_the_scheduled_number_of_lowest_probability_tokens(tiny_model, monkeypatch):
     """Lengths 5, 3 and 1 over T=4 iterations: pass t re-masks floor(L * (T - t) / T) tokens, the lowest-scoring
     ones of the previous pass."""
     recorded = []
-    real_refine = tiny_model.refine
-
-    def recording_refine(state, remask, *args, **kwargs):
+    def recording_refine(model, state, remask, *args, **kwargs):
         recorded.append((state.scores.clone(), remask.clone()))
-        return real_refine(state, remask, *args, **kwargs)
+        return refine(model, state, remask, *args, **kwargs)
 
-    tiny_model.refine = recording_refine
+    monkeypatch.setattr(method_cmlm, "refine", recording_refine)
     input_ids = torch.tensor([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0], [11, 1, 0, 0, 0]])
     encoder_states = tiny_model.model.encode(input_ids, input_ids != 0)
     context = tiny_model.model.make_context(input_ids, input_ids != 0, encoder_states, True)
@@ -102,12 +100,12 @@ def test_projecting_only_the_masked_positions_changes_nothing(tiny_model):
     decoder_mask = tiny_model.prepare_decoder_mask(lengths, target_len, context)
     valid = torch.arange(target_len)[None, :] < lengths[:, None]
     with torch.no_grad():
-        state = tiny_model.refine(
-            DecodingState(torch.full((2, target_len), 3).masked_fill(~valid, 0), torch.zeros(2, target_len), lengths),
-            valid, decoder_mask, context)
+        start = DecodingState(torch.full((2, target_len), 3).masked_fill(~valid, 0), torch.zeros(2, target_len),
+                              lengths)
+        state = refine(tiny_model, start, valid, decoder_mask, context)
         remask = lowest_scoring_positions(state.scores, valid, torch.tensor([3, 1]))
-        full = tiny_model.refine(state, remask, decoder_mask, context)
-        restricted = tiny_model.refine(state, remask, decoder_mask, context, max_masked=3)
+        full = refine(tiny_model, state, remask, decoder_mask, context)
+        restricted = refine(tiny_model, state, remask, decoder_mask, context, max_masked=3)
     assert torch.equal(full.tokens, restricted.tokens)
     torch.testing.assert_close(full.scores, restricted.scores)
 

@@ -157,3 +157,18 @@ def test_generation_options_resolves_the_given_options(tiny_model):
     assert options["return_dict_in_generate"] is False
     with pytest.raises(ValueError, match="length_beam"):
         tiny_model._generation_options(None, {"length_beam": 0})
+
+
+def test_numpy_and_tensor_integers_are_accepted_as_integer_options(tiny_model, source_batch):
+    import numpy as np
+
+    input_ids, attention_mask = source_batch
+    expected = tiny_model.generate(input_ids, attention_mask=attention_mask, num_iterations=2, length_beam=2,
+                                   max_new_tokens=4)
+    for integer in (np.int64, torch.tensor):
+        output = tiny_model.generate(input_ids, attention_mask=attention_mask, num_iterations=integer(2),
+                                     length_beam=integer(2), max_new_tokens=integer(4), num_beams=integer(1))
+        assert torch.equal(output, expected)
+    for bad in (True, 2.0, np.float32(2), "2"):
+        with pytest.raises(ValueError, match="num_iterations must be an integer"):
+            tiny_model.generate(input_ids, attention_mask=attention_mask, num_iterations=bad)

@@ -16,7 +16,7 @@ import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from nat_hf.data import DataError
-from nat_hf.train import ConfigError, build_config, load_config, train
+from nat_hf.train import ConfigError, build_config, check_init_from, load_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "training" / "configs" / "tiny_test.yaml"
@@ -529,8 +529,11 @@ def test_init_from_is_checked_before_anything_is_written(tmp_path, toy_corpus):
     NATForConditionalGeneration(NATConfig(**{**TINY, "objective": "vanilla", "decoder_input_mode": "copy"})
                                 ).save_pretrained(copy_model)
     output_dir = tmp_path / "out"
-    with pytest.raises(ConfigError, match="eval.num_iterations must be 1: model.init_from is a .*copy"):
+    with pytest.raises(ConfigError, match=r"eval.num_iterations=2: model.init_from \(a .*copy model\) decodes in one"):
         train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, f"model.init_from={copy_model}")))
+    config = build_config({"model": {"init_from": str(copy_model)}})  # eval iterations not set: one pass
+    check_init_from(config)
+    assert (config.eval.num_iterations, config.eval.final_num_iterations) == (1, 1)
     with pytest.raises(ConfigError, match="model.init_from: cannot read"):
         train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, f"model.init_from={tmp_path}/none")))
     assert not output_dir.exists()

@@ -22,6 +22,7 @@ flat for remote code.
 """
 
 import dataclasses
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,18 @@ from torch import nn
 # runs over chunks of positions so that peak memory does not grow with batch x length_beam x length x vocabulary.
 # A chunk holds at least one position (a vocabulary over the budget still works, one position at a time).
 LOGITS_BUDGET_BYTES = 64 * 2**20
+
+
+def check_integer(name: str, value, minimum: int) -> int:
+    """`value` as an int (Python, numpy or 0-d torch integers accepted; bools are not), or ValueError naming
+    `name` unless it is an integer >= `minimum`."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
 
 
 class NonFiniteScoresError(FloatingPointError):
@@ -107,7 +120,9 @@ class NATMethod:
         if unknown:
             raise ValueError(f"decoding option(s) {unknown} do not apply to method {self.name!r} (its options: "
                              f"{sorted(self.option_defaults())})")
-        self.Options(**options).validate(config)
+        validated = self.Options(**options)
+        validated.validate(config)
+        options.update(dataclasses.asdict(validated))  # normalised values (e.g. numpy integers as ints)
 
     def validate_config(self, config) -> None:
         """Raise ValueError naming the field if `config` (a `NATConfig`) does not suit the method."""

@@ -17,17 +17,12 @@ from .method_base import (
     LengthHeadMethod,
     best_candidates,
     check_finite,
+    check_integer,
     lowest_scoring_positions,
     masked_token_loss,
     predict_tokens,
     special_token_ids,
 )
-
-
-def check_integer(name: str, value, minimum: int) -> None:
-    """ValueError naming `name` unless `value` is an int (not a bool) >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -42,7 +37,7 @@ class MaskPredictOptions:
     def validate(self, config) -> None:
         """ValueError naming the option when it is malformed or does not suit a model of `config`."""
         for name in ("num_iterations", "length_beam"):
-            check_integer(name, getattr(self, name), 1)
+            setattr(self, name, check_integer(name, getattr(self, name), 1))
         if self.length_beam > config.num_length_classes:
             raise ValueError(f"length_beam={self.length_beam} exceeds the number of length classes "
                              f"({config.num_length_classes})")

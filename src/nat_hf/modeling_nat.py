@@ -26,7 +26,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_nat import NATConfig
-from .method_base import NATMethod, finish_sequences
+from .method_base import NATMethod, check_integer, finish_sequences
 from .methods import METHODS
 
 # The translation pipeline saved beside every model, so `pipeline(model=..., trust_remote_code=True)` finds it.
@@ -906,10 +906,6 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
             raise ValueError(f"generation_config must be a transformers.GenerationConfig, got "
                              f"{type(generation_config).__name__}")
 
-        def check_integer(name: str, value, minimum: int) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
         method = self.nat_method
         options = {name: kwargs.pop(name, getattr(generation_config, name, default))
                    for name, default in method.option_defaults().items()}
@@ -921,8 +917,7 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
             raise ValueError("do_sample=True is an autoregressive option: NAT decoding is deterministic "
                              "(use num_iterations and length_beam)")
         if num_beams is not None:
-            check_integer("num_beams", num_beams, 1)
-            if num_beams > 1:
+            if check_integer("num_beams", num_beams, 1) > 1:
                 raise ValueError(f"num_beams={num_beams} is beam search, an autoregressive option: NAT decoding "
                                  "searches over lengths instead (use length_beam)")
         method.check_options(self.config, options)
@@ -931,8 +926,8 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         call_max_length = kwargs.pop("max_length", None)  # the config's max_length (default 20) is an AR default
         for name, value in (("max_new_tokens", max_new_tokens), ("max_length", call_max_length)):
             if value is not None:
-                check_integer(name, value, 1)
-                max_length = min(max_length, value - 1)  # the returned sequence ends with end-of-sentence
+                # the returned sequence ends with end-of-sentence
+                max_length = min(max_length, check_integer(name, value, 1) - 1)
         options["max_length"] = max_length  # target tokens before end-of-sentence; 0: empty translations
         return_dict = kwargs.pop("return_dict_in_generate", generation_config.return_dict_in_generate)
         if return_dict is not None and not isinstance(return_dict, bool):

@@ -216,24 +216,24 @@ def build_config(values: dict) -> TrainConfig:
         })
     config = TrainConfig(**sections)
     check_model_args(config.model)  # an invalid model is the problem to name, not the evaluation it implies
-    one_pass_defaults(config, given=set((values or {}).get("eval") or {}))
+    # which eval keys the config sets itself (not a config field: never saved or compared on --resume)
+    config.explicit_eval_keys = frozenset((values or {}).get("eval") or {})
+    if config.model.family == "nat" and config.model.decoder_input_mode == "copy":
+        one_pass_defaults(config, "a model with model.decoder_input_mode=copy")
     validate_config(config)
     return config
 
 
-def one_pass_defaults(config: TrainConfig, given: set[str]) -> None:
-    """A `decoder_input_mode: copy` model decodes in one pass (its decoder reads the source, not its own previous
-    output): its evaluation iterations default to 1, and more than 1, if asked for, is a `ConfigError` (it would
-    otherwise only fail at the first evaluation, after training)."""
-    if config.model.family != "nat" or config.model.decoder_input_mode != "copy":
-        return
+def one_pass_defaults(config: TrainConfig, model: str) -> None:
+    """A `decoder_input_mode: copy` model (`model` says which) decodes in one pass (its decoder reads the source,
+    not its own previous output): its evaluation iterations default to 1, and more than 1, if the config asks for
+    it, is a `ConfigError` (it would otherwise only fail at the first evaluation, after training)."""
     for key in ("num_iterations", "final_num_iterations"):
         value = getattr(config.eval, key)
-        if key not in given:
+        if key not in getattr(config, "explicit_eval_keys", ()):
             setattr(config.eval, key, 1)
         elif value != 1:
-            raise ConfigError(f"eval.{key}={value}: a model with model.decoder_input_mode=copy decodes in one pass; "
-                              f"set eval.{key}=1 (or leave it out)")
+            raise ConfigError(f"eval.{key}={value}: {model} decodes in one pass; set eval.{key}=1 (or leave it out)")
 
 
 def check_model_args(args: ModelArgs) -> None:
@@ -309,10 +309,6 @@ def validate_config(config: TrainConfig) -> None:
             if getattr(config.eval, key) > classes:
                 raise ConfigError(f"eval.{key}={getattr(config.eval, key)} exceeds the model's {classes} length "
                                   "classes (model.max_length_offset / model.max_target_positions)")
-        if config.model.decoder_input_mode == "copy":
-            for key in ("num_iterations", "final_num_iterations"):
-                if getattr(config.eval, key) != 1:
-                    raise ConfigError(f"eval.{key} must be 1 with model.decoder_input_mode=copy (one-pass decoding)")
         check_decoding_options(config)
 
 
@@ -751,10 +747,7 @@ def check_init_from(config: TrainConfig) -> None:
         raise ConfigError(f"model.init_from: cannot read a model config from {config.model.init_from}: "
                           f"{error}") from None
     if getattr(saved, "decoder_input_mode", None) == "copy":
-        for key in ("num_iterations", "final_num_iterations"):
-            if getattr(config.eval, key) != 1:
-                raise ConfigError(f"eval.{key} must be 1: model.init_from is a decoder_input_mode=copy model "
-                                  "(one-pass decoding)")
+        one_pass_defaults(config, "model.init_from (a decoder_input_mode=copy model)")
 
 
 def check_pretrained_sources(config: TrainConfig) -> None:

@@ -361,6 +361,46 @@ class NATPreTrainedModel(PreTrainedModel):
     # eager mode every check runs on the values and raises a ValueError naming the problem. While torch.export or
     # torch.compile traces the model, the checks on values (padding layout, vocabulary range, lengths) are skipped:
     # they need the data on the host, which a traced graph cannot branch on. Checks on shapes and dtypes always run.
+    def _ids_or_embeds(
+        self, ids: torch.Tensor | None, embeds: torch.Tensor | None, mask: torch.Tensor | None, what: str,
+        names: tuple[str, str, str],
+    ) -> torch.Tensor:
+        """The checks the source and the decoder inputs share: `ids` `[batch, length]` (integers) or `embeds`
+        `[batch, length, d_model]`, exactly one; return the bool mask of real positions (`mask` if given, else the
+        non-pad ids, else all ones), whose shape must match. `names`: the ids, embeds and mask argument names."""
+        ids_name, embeds_name, mask_name = names
+        if ids is not None and embeds is not None:
+            raise ValueError(f"pass {what} as {ids_name} or as {embeds_name}, not both")
+        if embeds is not None:
+            if embeds.dim() != 3 or embeds.shape[-1] != self.config.d_model:
+                raise ValueError(f"{embeds_name} must be [batch, length, d_model={self.config.d_model}], got "
+                                 f"{tuple(embeds.shape)}")
+            shape = embeds.shape[:2]
+        elif ids is None:
+            raise ValueError(f"{ids_name} is required (or {embeds_name})")
+        elif ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{ids_name} must be a 2-D integer tensor [batch, length], got {tuple(ids.shape)} "
+                             f"{ids.dtype}")
+        else:
+            shape = ids.shape
+        if mask is not None:
+            mask = mask.bool()
+        elif ids is not None:
+            mask = ids != self.config.pad_token_id
+        else:
+            mask = torch.ones(shape, dtype=torch.bool, device=embeds.device)
+        if mask.shape != shape:
+            raise ValueError(f"{mask_name} shape {tuple(mask.shape)} differs from the {what} shape {tuple(shape)}")
+        return mask
+
+    def _check_vocabulary(self, ids: torch.Tensor, mask: torch.Tensor, name: str) -> None:
+        """ValueError if an id at a real position (`mask`) lies outside the vocabulary; padded ones are never
+        looked up, so they may hold anything."""
+        out_of_vocab = mask & ((ids < 0) | (ids >= self.config.vocab_size))
+        if out_of_vocab.any():
+            bad = ids[out_of_vocab].unique().tolist()[:10]
+            raise ValueError(f"{name} holds ids outside the vocabulary [0, {self.config.vocab_size}): {bad}")
+
     def _check_source(
         self,
         input_ids: torch.Tensor | None,
@@ -373,33 +413,14 @@ class NATPreTrainedModel(PreTrainedModel):
         instead) and a bool mask, trimmed to the longest row (`trim=True`, for `generate`) or else to at most
         `max_source_positions` columns; not trimmed while traced."""
         config = self.config
-        if input_ids is not None and inputs_embeds is not None:
-            raise ValueError("pass the source as input_ids or as inputs_embeds, not both")
-        if inputs_embeds is not None:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.d_model:
-                raise ValueError(f"inputs_embeds must be [batch, length, d_model={config.d_model}], got "
-                                 f"{tuple(inputs_embeds.shape)}")
-            shape = inputs_embeds.shape[:2]
-        elif input_ids is None:
-            raise ValueError("input_ids is required (or inputs_embeds)")
-        elif input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"input_ids must be a 2-D integer tensor [batch, length], got {tuple(input_ids.shape)} "
-                             f"{input_ids.dtype}")
-        else:
-            shape = input_ids.shape
+        attention_mask = self._ids_or_embeds(input_ids, inputs_embeds, attention_mask, "the source",
+                                             ("input_ids", "inputs_embeds", "attention_mask"))
+        shape = attention_mask.shape
         if shape[0] == 0 or shape[1] == 0:
             raise ValueError(f"the source is empty: shape {tuple(shape)}")
-        if attention_mask is not None:
-            attention_mask = attention_mask.bool()
-        elif input_ids is not None:
-            attention_mask = input_ids != config.pad_token_id
-        else:
-            attention_mask = torch.ones(shape, dtype=torch.bool, device=inputs_embeds.device)
-        if attention_mask.shape != shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} differs from the source shape "
-                             f"{tuple(shape)}")
+        source = input_ids if inputs_embeds is None else inputs_embeds
         if torch.compiler.is_compiling():
-            return input_ids, attention_mask
+            return source, attention_mask
         lengths = attention_mask.sum(-1)
         if (lengths == 0).any():
             rows = (lengths == 0).nonzero().flatten().tolist()
@@ -408,10 +429,7 @@ class NATPreTrainedModel(PreTrainedModel):
         if (attention_mask[:, 1:] & ~attention_mask[:, :-1]).any():
             raise ValueError("attention_mask must be right-padded (ones, then zeros); left padding is not supported")
         if input_ids is not None:
-            out_of_vocab = attention_mask & ((input_ids < 0) | (input_ids >= config.vocab_size))
-            if out_of_vocab.any():
-                bad = input_ids[out_of_vocab].unique().tolist()[:10]
-                raise ValueError(f"input_ids holds ids outside the vocabulary [0, {config.vocab_size}): {bad}")
+            self._check_vocabulary(input_ids, attention_mask, "input_ids")
         longest = int(lengths.max())
         if longest > config.max_source_positions:
             raise ValueError(
@@ -420,11 +438,7 @@ class NATPreTrainedModel(PreTrainedModel):
                 f"{config.max_source_positions}) to truncate"
             )
         width = longest if trim else min(shape[1], config.max_source_positions)
-        if input_ids is not None:
-            input_ids = input_ids[:, :width]
-        else:
-            inputs_embeds = inputs_embeds[:, :width]
-        return (input_ids if inputs_embeds is None else inputs_embeds), attention_mask[:, :width]
+        return source[:, :width], attention_mask[:, :width]
 
     def _check_decoder_inputs(
         self,
@@ -436,39 +450,18 @@ class NATPreTrainedModel(PreTrainedModel):
         non-pad ids, else all ones for `decoder_inputs_embeds`). Ids at masked positions are not checked and
         never looked up."""
         config = self.config
-        if decoder_input_ids is not None and decoder_inputs_embeds is not None:
-            raise ValueError("pass decoder_input_ids or decoder_inputs_embeds, not both")
-        if decoder_inputs_embeds is not None:
-            if decoder_inputs_embeds.dim() != 3 or decoder_inputs_embeds.shape[-1] != config.d_model:
-                raise ValueError(f"decoder_inputs_embeds must be [batch, length, d_model={config.d_model}], got "
-                                 f"{tuple(decoder_inputs_embeds.shape)}")
-            if config.decoder_input_mode != "mask":
-                raise ValueError("decoder_inputs_embeds needs decoder_input_mode='mask': a 'copy' decoder reads "
-                                 "the source, not decoder inputs")
-            shape = decoder_inputs_embeds.shape[:2]
-        elif decoder_input_ids.dim() != 2 or decoder_input_ids.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"decoder_input_ids must be a 2-D integer tensor [batch, length], got "
-                             f"{tuple(decoder_input_ids.shape)} {decoder_input_ids.dtype}")
-        else:
-            shape = decoder_input_ids.shape
-        if shape[1] > config.max_target_positions:
-            raise ValueError(f"decoder inputs have {shape[1]} positions but max_target_positions is "
+        if decoder_inputs_embeds is not None and config.decoder_input_mode != "mask":
+            raise ValueError("decoder_inputs_embeds needs decoder_input_mode='mask': a 'copy' decoder reads "
+                             "the source, not decoder inputs")
+        target_mask = self._ids_or_embeds(
+            decoder_input_ids, decoder_inputs_embeds, decoder_attention_mask, "decoder input",
+            ("decoder_input_ids", "decoder_inputs_embeds", "decoder_attention_mask"),
+        )
+        if target_mask.shape[1] > config.max_target_positions:
+            raise ValueError(f"decoder inputs have {target_mask.shape[1]} positions but max_target_positions is "
                              f"{config.max_target_positions}")
-        if decoder_attention_mask is not None:
-            target_mask = decoder_attention_mask.bool()
-        elif decoder_input_ids is not None:
-            target_mask = decoder_input_ids != config.pad_token_id
-        else:
-            target_mask = torch.ones(shape, dtype=torch.bool, device=decoder_inputs_embeds.device)
-        if target_mask.shape != shape:
-            raise ValueError(f"decoder_attention_mask shape {tuple(target_mask.shape)} differs from the decoder "
-                             f"input shape {tuple(shape)}")
         if decoder_input_ids is not None and not torch.compiler.is_compiling():
-            out_of_vocab = target_mask & ((decoder_input_ids < 0) | (decoder_input_ids >= config.vocab_size))
-            if out_of_vocab.any():
-                bad = decoder_input_ids[out_of_vocab].unique().tolist()[:10]
-                raise ValueError(f"decoder_input_ids holds ids outside the vocabulary [0, {config.vocab_size}): "
-                                 f"{bad}")
+            self._check_vocabulary(decoder_input_ids, target_mask, "decoder_input_ids")
         return target_mask
 
     def _output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None) -> tuple[bool, bool]:

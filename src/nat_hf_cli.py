@@ -93,11 +93,15 @@ def check_options(model, args: argparse.Namespace) -> None:
 def progress_bar(args: argparse.Namespace, typed_input: bool, total: int | None,
                  streamed_output: bool = False) -> "tqdm | None":
     """A tqdm bar on stderr, or None: shown with --progress, or by default when stderr is a terminal, the input is
-    not typed in (text arguments or a terminal on stdin), and translations are not printed to that terminal."""
+    not typed in (text arguments or a terminal on stdin), and translations are not printed to that terminal.
+    With `--input`, the file's lines are counted for the bar's total only when there is a bar."""
     show = args.progress if args.progress is not None else (
         sys.stderr.isatty() and not typed_input and not (streamed_output and sys.stdout.isatty()))
     if not show:
         return None
+    if total is None and getattr(args, "input", None) is not None:
+        with args.input.open("rb") as counting:
+            total = sum(1 for _ in counting)
     from tqdm import tqdm
 
     return tqdm(total=total, unit=" lines", file=sys.stderr, dynamic_ncols=True)
@@ -141,9 +145,7 @@ def command_translate(args: argparse.Namespace) -> None:
     if args.text:
         sources, what, total, typed = args.text, "text", len(args.text), True
     elif input_file is not None:
-        with args.input.open("rb") as counting:
-            total = sum(1 for _ in counting)
-        sources, what, typed = decoded_lines(input_file), "line", False
+        sources, what, total, typed = decoded_lines(input_file), "line", None, False
     else:
         stdin = getattr(sys.stdin, "buffer", sys.stdin)  # bytes, so that a non-UTF-8 line fails on its own
         sources, what, total, typed = decoded_lines(stdin), "line", None, sys.stdin.isatty()

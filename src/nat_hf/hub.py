@@ -16,7 +16,6 @@ strangers on the Hub, so it names data and models publicly, never by a path of t
 import argparse
 import json
 import math
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .inference import is_hub_repo_id
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")  # also reachable as model_cards/nat_model_card.md
 REQUIRED_FILES = ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
@@ -43,8 +44,14 @@ DATASETS: dict[str, dict] = {
         "splits": {"train": ("train", 29000), "val": ("validation", 1014), "test_2016_flickr": ("test", 1000)},
     },
 }
-HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # `name` or `owner/name`
 DISTILL_REPORT = "distill_report.json"  # written by `nat-hf distill` into its output directory
+
+
+def result_splits(results: dict) -> list[str]:
+    """The splits a training `results.json` scores the best model on (`{split}_bleu`; not the periodic best nor
+    the averaged model)."""
+    return [key.removesuffix("_bleu") for key in results
+            if key.endswith("_bleu") and key != "best_valid_bleu" and not key.startswith("averaged_")]
 
 
 def load_json(path: Path | None) -> dict | None:
@@ -131,7 +138,7 @@ def identify_data(data: dict, data_name: str | None = None) -> DataInfo:
     hub_id, entry = known_dataset(data_name)
     if hub_id is None:
         return DataInfo(None, "Local parallel text (not published)", local)
-    is_hub_id = hub_id in DATASETS or HUB_ID.fullmatch(hub_id) is not None
+    is_hub_id = hub_id in DATASETS or is_hub_repo_id(hub_id)
     info = DataInfo(hub_id if is_hub_id else None, entry.get("title", hub_id), local,
                     entry.get("placeholder", "<data dir>"), citation=entry.get("citation"), about=entry.get("about"))
     for split, (hub_split, size) in entry.get("splits", {}).items():
@@ -201,8 +208,7 @@ def measured_bleu(model_dir: Path) -> str | None:
             decoding = "greedy" if beams == 1 else f"beam {beams}"
         else:
             decoding = f"{results.get('num_iterations')} iterations, length beam {results.get('length_beam')}"
-        splits = [key.removesuffix("_bleu") for key in results
-                  if key.endswith("_bleu") and key != "best_valid_bleu" and not key.startswith("averaged_")]
+        splits = result_splits(results)
         if splits:
             return ", ".join(f"{split} {results[split + '_bleu']:.2f}" for split in splits) + f" ({decoding})"
     return None
@@ -216,7 +222,7 @@ def describe_model(reference: str, name: str | None = None, data_name: str | Non
     local = is_local_path(reference)
     if name is None and not local:
         name = reference
-    if name and "/" in name and HUB_ID.fullmatch(name):
+    if name and "/" in name and is_hub_repo_id(name):
         label = f"[`{name}`](https://huggingface.co/{name}): "
     else:
         label = f"`{name}` (not on the Hub): " if name else ""
@@ -318,8 +324,7 @@ def quality_rows(results: dict | None, quality: dict | None, model_dir: Path, in
     evals = []
     if results:
         decoding = f"num_iterations={results.get('num_iterations')}, length_beam={results.get('length_beam')}"
-        splits = [key.removesuffix("_bleu") for key in results
-                  if key.endswith("_bleu") and key != "best_valid_bleu" and not key.startswith("averaged_")]
+        splits = result_splits(results)
         for split in splits:
             rows.append(f"| this model | {split} | {results[split + '_bleu']:.2f} | {results[split + '_chrf']:.2f} | "
                         f"{decoding} |")

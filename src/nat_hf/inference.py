@@ -173,18 +173,11 @@ def _translate_chunk(model, tokenizer, sources: list[str], batch_size: int, trun
         progress(len(sources) - len(encoded))
     order = sorted(encoded, key=lambda index: len(encoded[index]))
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        longest = max(len(encoded[index]) for index in indices)
-        input_ids = torch.full((len(indices), longest), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(indices), longest), dtype=torch.long)
-        for row, index in enumerate(indices):  # right padding, as tokenizer(..., padding=True) gives
-            input_ids[row, : len(encoded[index])] = torch.tensor(encoded[index])
-            attention_mask[row, : len(encoded[index])] = 1
+        batch = tokenizer.pad({"input_ids": [encoded[index] for index in indices]}, return_tensors="pt").to(device)
         with torch.no_grad():
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                    **generate_kwargs)
+            output = model.generate(**batch, **generate_kwargs)
         for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
             results[index] = TranslationResult(text, truncated_from=over.get(index))
         if progress is not None:

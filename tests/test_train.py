@@ -488,7 +488,7 @@ def test_yaml_float_spellings_are_accepted(tmp_path):
         ("model.decoder_input_mode=copy", "model.decoder_input_mode: .*'mask' with objective 'cmlm'"),
         ("model.position_embedding_type=rotary", "model.position_embedding_type"),
         ("model.activation_function=gleu", "model.activation_function must be one of"),
-        ("eval.length_beam=40", "eval.length_beam=40 exceeds the model's 17 length classes"),
+        ("eval.length_beam=40", r"eval.length_beam: length_beam=40 exceeds the number of length classes \(17\)"),
     ],
 )
 def test_bad_counts_and_architectures_are_config_errors(override, message):

@@ -96,9 +96,11 @@ class Translator:
         self.options = with_output_length_cap(self.model, self.options)
         self.is_nat = getattr(self.model, "nat_method", None) is not None
         generation = self.model.generation_config
-        self.one_pass = self.is_nat and self.model.nat_method.is_single_pass(
-            {name: self.options.get(name, getattr(generation, name, default))
-             for name, default in self.model.nat_method.option_defaults().items()})
+        # the NAT method's decoding options, resolved once (call options > generation config > method defaults)
+        self.nat_options = None if not self.is_nat else {
+            name: self.options.get(name, getattr(generation, name, default))
+            for name, default in self.model.nat_method.option_defaults().items()}
+        self.one_pass = self.is_nat and self.model.nat_method.is_single_pass(self.nat_options)
         self.model_class, self.parameters = type(self.model).__name__, self.model.num_parameters()
         self.max_length = output_limit(self.model.config)
 
@@ -231,11 +233,8 @@ def decode_fixed_length(translator: Translator, input_ids: torch.Tensor, length:
         model.generate(input_ids, **{**options, "min_new_tokens": length, "max_new_tokens": length})
         return
     mask = torch.ones_like(input_ids, dtype=torch.bool)
-    method = model.nat_method
-    decoding = {name: options.get(name, getattr(model.generation_config, name, default))
-                for name, default in method.option_defaults().items()}
-    decoding.update(max_length=length, return_dict_in_generate=False)
-    method.decode(model, input_ids, mask, decoding, forced_lengths=torch.full((input_ids.shape[0],), length))
+    decoding = {**translator.nat_options, "max_length": length, "return_dict_in_generate": False}
+    model.nat_method.decode(model, input_ids, mask, decoding, forced_lengths=torch.full((input_ids.shape[0],), length))
 
 
 def benchmark_length_cost(systems: list[System], lengths: list[int], threads: int, repeats: int = 5) -> dict:

@@ -15,7 +15,6 @@ in `methods.METHODS`. It owns, behind `NATMethod`:
 - `loss(model, context, target, target_mask, step)`: a `LossOutput` with named terms; `step` is the training step
   (None when the caller does not say, e.g. transformers' Trainer), for schedules.
 - `decode(model, input_ids, attention_mask, options)`: `Hypotheses`; the model closes them with end-of-sentence.
-- `update(...)`: an optional own optimisation step (None: the trainer's one optimiser step suffices).
 
 Nothing here imports the model file (`modeling_nat.py` imports the methods): no import cycle, and the folder stays
 flat for remote code.
@@ -156,8 +155,6 @@ class NATMethod:
         """Whether decoding with these options is one decoder pass over one hypothesis per sentence (what
         `timing_pass` measures)."""
         return False
-
-    update = None  # or a callable (model, batch, optimizers, step) -> LossOutput for methods whose step differs
 
 
 # ------------------------------------------------------------------------------------------- shared pieces

@@ -496,17 +496,23 @@ class NATEncoder(nn.Module):
         layer's states and attention weights)."""
         hidden_states = inputs_embeds + self.embed_positions(inputs_embeds.shape[1])
         hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
-        all_states, all_weights = [hidden_states], []
+        # kept only on request: otherwise each layer's activations are freed as soon as the next layer has run
+        all_states = [hidden_states] if output_hidden_states else None
+        all_weights = [] if output_attentions else None
         for layer in self.layers:
             hidden_states, weights = layer(hidden_states, attention_mask, output_attentions)
-            all_states.append(hidden_states)
-            all_weights.append(weights)
+            if all_states is not None:
+                all_states.append(hidden_states)
+            if all_weights is not None:
+                all_weights.append(weights)
         if self.layer_norm is not None:
-            hidden_states = all_states[-1] = self.layer_norm(hidden_states)
+            hidden_states = self.layer_norm(hidden_states)
+            if all_states is not None:
+                all_states[-1] = hidden_states
         return BaseModelOutput(
             last_hidden_state=hidden_states,
-            hidden_states=tuple(all_states) if output_hidden_states else None,
-            attentions=tuple(all_weights) if output_attentions else None,
+            hidden_states=None if all_states is None else tuple(all_states),
+            attentions=None if all_weights is None else tuple(all_weights),
         )
 
 
@@ -534,23 +540,29 @@ class NATDecoder(nn.Module):
         (and, on request, every layer's states, self- and cross-attention weights)."""
         hidden_states = inputs_embeds + self.embed_positions(inputs_embeds.shape[1])
         hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
-        all_states, self_weights, cross_weights = [hidden_states], [], []
+        # kept only on request (see NATEncoder): generate's refinement passes keep no per-layer activations
+        all_states = [hidden_states] if output_hidden_states else None
+        self_weights, cross_weights = ([], []) if output_attentions else (None, None)
         for index, layer in enumerate(self.layers):
             key_value = None if context.cross_key_values is None else context.cross_key_values[index]
             hidden_states, weights, cross = layer(
                 hidden_states, attention_mask, context.hidden_states, context.cross_attention_mask, key_value,
                 output_attentions,
             )
-            all_states.append(hidden_states)
-            self_weights.append(weights)
-            cross_weights.append(cross)
+            if all_states is not None:
+                all_states.append(hidden_states)
+            if self_weights is not None:
+                self_weights.append(weights)
+                cross_weights.append(cross)
         if self.layer_norm is not None:
-            hidden_states = all_states[-1] = self.layer_norm(hidden_states)
+            hidden_states = self.layer_norm(hidden_states)
+            if all_states is not None:
+                all_states[-1] = hidden_states
         return BaseModelOutputWithCrossAttentions(
             last_hidden_state=hidden_states,
-            hidden_states=tuple(all_states) if output_hidden_states else None,
-            attentions=tuple(self_weights) if output_attentions else None,
-            cross_attentions=tuple(cross_weights) if output_attentions else None,
+            hidden_states=None if all_states is None else tuple(all_states),
+            attentions=None if self_weights is None else tuple(self_weights),
+            cross_attentions=None if cross_weights is None else tuple(cross_weights),
         )
 
 

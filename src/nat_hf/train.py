@@ -301,14 +301,7 @@ def validate_config(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    check_model_args(config.model)
-    if config.model.family == "nat" and config.model.init_from is None:
-        classes = (2 * config.model.max_length_offset + 1 if config.model.length_prediction_mode == "offset"
-                   else config.model.max_target_positions + 1)
-        for key in ("length_beam", "final_length_beam"):
-            if getattr(config.eval, key) > classes:
-                raise ConfigError(f"eval.{key}={getattr(config.eval, key)} exceeds the model's {classes} length "
-                                  "classes (model.max_length_offset / model.max_target_positions)")
+    if config.model.family == "nat" and config.model.init_from is None:  # the model section: build_config
         check_decoding_options(config)
 
 

@@ -227,15 +227,25 @@ def test_copy_mode_is_one_pass_only():
         model.generate(input_ids, num_iterations=2)
 
 
-def test_copy_mode_reads_source_embeddings_not_decoder_inputs():
+def test_copy_mode_reads_source_embeddings_at_mask_positions_and_observed_tokens_elsewhere():
+    """`<mask>` positions read the copied source; any other id (a token revealed by glancing) is embedded."""
     config = NATConfig(**TINY, objective="vanilla", decoder_input_mode="copy")
     model = NATForConditionalGeneration(config).eval()
     input_ids = torch.tensor([[5, 6, 7, 1]])
+    backbone = model.model
+    source_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    context = backbone.make_context(input_ids, source_mask, backbone.encode(input_ids, source_mask))
+    target_mask = torch.ones(1, 3, dtype=torch.bool)
+    copied = backbone.decoder_inputs_embeds(torch.tensor([[3, 3, 3]]), target_mask, context)
+    # source positions round(j * 3 / 2) = 0, 2, 3 -> ids 5, 7, 1
+    expected = backbone.shared(torch.tensor([[5, 7, 1]])) * backbone.embed_scale
+    torch.testing.assert_close(copied, expected)
+    mixed = backbone.decoder_inputs_embeds(torch.tensor([[3, 9, 3]]), target_mask, context)
+    torch.testing.assert_close(mixed[:, [0, 2]], expected[:, [0, 2]])
+    torch.testing.assert_close(mixed[:, 1], backbone.shared(torch.tensor([9])) * backbone.embed_scale)
     with torch.no_grad():
         a = model(input_ids=input_ids, decoder_input_ids=torch.tensor([[3, 3, 3]])).logits
-        b = model(input_ids=input_ids, decoder_input_ids=torch.tensor([[9, 9, 9]])).logits
         c = model(input_ids=torch.tensor([[5, 8, 7, 1]]), decoder_input_ids=torch.tensor([[3, 3, 3]])).logits
-    torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
 
 

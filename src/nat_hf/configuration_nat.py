@@ -72,9 +72,15 @@ class NATConfig(PreTrainedConfig):
         label_smoothing (`float`, defaults to 0.1):
             Label smoothing of the token cross-entropy.
         objective (`str`, defaults to `"cmlm"`):
-            The method (training objective and decoding), a key of `nat_hf.methods.METHODS`: `"cmlm"`
-            (conditional masked LM, Mask-Predict training) or `"vanilla"` (every target position predicted in one
-            pass). The method's own rules on the other fields run with the architecture checks.
+            The method (training objective, heads and decoding), a key of `nat_hf.methods.METHODS`: `"cmlm"`
+            (conditional masked LM, Mask-Predict), `"vanilla"` (every target position predicted in one pass),
+            `"glat"` (glancing training), `"ctc"` (upsampled decoder with a blank token) or `"dag"`
+            (DA-Transformer). The method's own rules on the other fields run with the architecture checks.
+        method_options (`dict`, *optional*):
+            Training hyper-parameters of the method that are not fields here (e.g. an upsampling ratio, a glancing
+            schedule), declared with their defaults and validated by the method (`TrainingOptions` in
+            `method_<objective>.py`): an unknown key or a bad value is a ValueError naming it. After validation it
+            holds every option of the method, defaults filled in, so a saved config.json shows them all.
         decoder_input_mode (`str`, defaults to `"mask"`):
             What the decoder reads: `"mask"`, target token embeddings with `<mask>` at unknown positions (needed by
             CMLM and iterative refinement); or `"copy"`, source token embeddings copied uniformly onto the target
@@ -134,6 +140,7 @@ class NATConfig(PreTrainedConfig):
     length_loss_weight: float | int = 0.1
     label_smoothing: float | int = 0.1
     objective: str = "cmlm"
+    method_options: dict | None = None
     decoder_input_mode: str = "mask"
     pad_token_id: int | None = 0
     eos_token_id: int | None = 1
@@ -179,7 +186,9 @@ class NATConfig(PreTrainedConfig):
               f"`objective` must be one of {sorted(METHODS)}, got {self.objective!r}")
         check(self.decoder_input_mode in DECODER_INPUT_MODES,
               f"`decoder_input_mode` must be one of {DECODER_INPUT_MODES}, got {self.decoder_input_mode!r}")
-        METHODS[self.objective].validate_config(self)  # the method's own rules (ValueError naming the field)
+        method = METHODS[self.objective]
+        self.method_options = method.check_training_options(self.method_options)  # defaults filled in
+        method.validate_config(self)  # the method's own rules (ValueError naming the field)
         check(self.length_prediction_mode in LENGTH_PREDICTION_MODES,
               f"`length_prediction_mode` must be one of {LENGTH_PREDICTION_MODES}, "
               f"got {self.length_prediction_mode!r}")

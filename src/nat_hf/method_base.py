@@ -6,6 +6,8 @@ in `methods.METHODS`. It owns, behind `NATMethod`:
 - `Options`: a dataclass of its decoding options (field names, types, defaults) with `validate(config)`. The
   model's `generation_config` defaults, `generate`'s validation, the `nat-hf translate/evaluate` flags and the
   pipeline (which validates through the model) all read the fields from here.
+- `TrainingOptions`: a dataclass of its training hyper-parameters that are not `NATConfig` fields (kept in
+  `NATConfig.method_options`, validated and filled with defaults when the config is built).
 - `validate_config(config)`: its cross-field rules on `NATConfig`, run when a config is built (so at YAML time
   too: the training config check builds a `NATConfig`).
 - `heads(config)`: the modules it adds to the backbone (`NATModel`), by attribute name (the length predictor is
@@ -60,6 +62,9 @@ class LossOutput:
     terms: dict[str, torch.Tensor]  # e.g. {"token": ..., "length": ...}, each []
     logits: torch.Tensor | None  # [batch, decoder_len, vocab]
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    # events the training loop sums and logs, e.g. {"skipped_targets": rows left out of the loss because their
+    # target cannot fit the decoder's positions}; each a [] tensor (no host sync in the step)
+    counts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,7 +97,7 @@ class DecodingState:
 class NoOptions:
     """A method without decoding options."""
 
-    def validate(self, config) -> None:
+    def validate(self, config=None) -> None:
         """Nothing to check."""
 
 
@@ -102,6 +107,27 @@ class NATMethod:
 
     name: str = ""
     Options: type = NoOptions
+    # Training hyper-parameters kept in `NATConfig.method_options` (a dataclass; `validate(self)` may check them).
+    TrainingOptions: type = NoOptions
+
+    def check_training_options(self, given: dict | None) -> dict:
+        """`NATConfig.method_options` checked against `TrainingOptions`: every option, defaults filled in. Unknown
+        keys or bad values raise ValueError naming them."""
+        given = {} if given is None else given
+        if not isinstance(given, dict):
+            raise ValueError(f"NATConfig: `method_options` must be a mapping, got {type(given).__name__}")
+        declared = [option.name for option in dataclasses.fields(self.TrainingOptions)]
+        unknown = sorted(set(given) - set(declared))
+        if unknown:
+            raise ValueError(f"NATConfig: `method_options` {unknown} are not options of method {self.name!r} "
+                             f"(its options: {declared})")
+        options = self.TrainingOptions(**given)
+        options.validate()  # cross-field rules with the config: `validate_config`
+        return dataclasses.asdict(options)
+
+    def training_options(self, config):
+        """The method's `TrainingOptions` of a (validated) `config`."""
+        return self.TrainingOptions(**(config.method_options or {}))
 
     def option_defaults(self) -> dict:
         """`{name: default}` of the decoding options, in declaration order."""

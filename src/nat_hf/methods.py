@@ -7,11 +7,13 @@ method files import: keeping the table there would make an import cycle.
 
 from .method_base import NATMethod
 from .method_cmlm import CMLMMethod
+from .method_glat import GLATMethod
 from .method_vanilla import VanillaMethod
 
 METHODS: dict[str, NATMethod] = {
     "cmlm": CMLMMethod(),
     "vanilla": VanillaMethod(),
+    "glat": GLATMethod(),
 }
 
 

@@ -27,7 +27,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_nat import NATConfig
 from .method_base import NATMethod, check_integer, finish_sequences
-from .methods import METHODS
+from .methods import METHODS, decoding_option_help
 
 # The translation pipeline saved beside every model, so `pipeline(model=..., trust_remote_code=True)` finds it.
 PIPELINE_FILE = Path(__file__).with_name("pipeline_nat.py")
@@ -655,7 +655,9 @@ class NATModel(NATPreTrainedModel):
     ) -> torch.Tensor:
         """Decoder input `[rows, target_len, d_model]`: embedded `decoder_input_ids` in `"mask"` mode; in `"copy"`
         mode, source token embeddings copied uniformly onto the target positions (Gu et al., 2018), position j of
-        a target of length T taking source position round(j * (S - 1) / (T - 1))."""
+        a target of length T taking source position round(j * (S - 1) / (T - 1)), except where
+        `decoder_input_ids` holds an observed token (anything but `<mask>`, e.g. a token revealed by glancing),
+        which is embedded as in `"mask"` mode."""
         if self.config.decoder_input_mode == "mask":
             # masked positions read as pad: whatever they hold is never looked up
             return self.shared(decoder_input_ids.masked_fill(~target_mask, self.config.pad_token_id)) * self.embed_scale
@@ -668,7 +670,10 @@ class NATModel(NATPreTrainedModel):
         step = (source_lengths - 1) / (target_lengths - 1).clamp(min=1)
         index = (positions * step).round().long().clamp(max=source_lengths - 1)  # [rows, target_len]
         copied_ids = context.input_ids.masked_fill(~context.attention_mask, self.config.pad_token_id).gather(1, index)
-        return embed(copied_ids) * self.embed_scale
+        copied = embed(copied_ids) * self.embed_scale
+        observed = target_mask & (decoder_input_ids != self.config.mask_token_id)  # [rows, target_len]
+        tokens = self.shared(decoder_input_ids.masked_fill(~observed, self.config.pad_token_id)) * self.embed_scale
+        return torch.where(observed[..., None], tokens, copied)
 
     def decode(
         self,
@@ -940,6 +945,10 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         options["return_dict_in_generate"] = bool(return_dict)  # None (the v5 default): False
         for name in IGNORED_GENERATE_KWARGS:
             kwargs.pop(name, None)
+        foreign = sorted(set(kwargs) & set(decoding_option_help()))
+        if foreign:  # another method's options, e.g. length_beam for a CTC model
+            raise ValueError(f"decoding option(s) {foreign} do not apply to method {method.name!r} (its options: "
+                             f"{sorted(method.option_defaults())})")
         if kwargs:
             raise ValueError(
                 f"generate() got options that NAT decoding does not support: {sorted(kwargs)}. Autoregressive "

@@ -8,6 +8,9 @@
 #                                     # cost at 256 is timed with extended tables, see nat_hf.bench)
 #   benchmarks/multi30k.sh quality    # quality and failure modes of every system of the speed run
 #   benchmarks/multi30k.sh card       # the NAT model's card (model_cards/) from the speed and quality JSON
+#   benchmarks/multi30k.sh singlepass-train  # issue 12: Mask-Predict, GLAT, CTC+GLAT, DAG+GLAT (upsampling 2, 4, 8)
+#                                             # (resumable: rerun after a kill, each run continues with --resume)
+#   benchmarks/multi30k.sh singlepass # issue 12: one speed + one quality run of those beside the AR teacher
 #
 # Each stage records its results (benchmarks/results.py) and re-renders RESULTS.md. Data and the teacher come
 # from ../shared (override with NAT_HF_DATA_DIR / NAT_HF_TEACHER). Run from the repository root.
@@ -93,8 +96,43 @@ case ${1:-} in
       --distilled-by "$NAT_HF_TEACHER" --distill-beams 4 --teacher-name ar-teacher-multi30k-en-de \
       --teacher-data bentrevett/multi30k
     ;;
+  singlepass-train)
+    for name in ${SINGLEPASS_CONFIGS:-multi30k_cmlm_distill_arinit multi30k_glat multi30k_ctc_glat multi30k_dag_glat \
+        multi30k_dag_glat_r2 multi30k_dag_glat_r8}; do
+      [ -f "runs/$name/results.json" ] && continue  # finished (and recorded) earlier
+      resume=""
+      [ -f "runs/$name/train_config.yaml" ] && resume="--resume"  # a killed run continues
+      nat-hf train "training/configs/$name.yaml" $resume
+      python benchmarks/results.py record "runs/$name" --name "$name" \
+        --command "NAT_HF_DATA_DIR=$NAT_HF_DATA_DIR NAT_HF_TEACHER=$NAT_HF_TEACHER nat-hf train training/configs/$name.yaml"
+    done
+    ;;
+  singlepass)
+    systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
+--system ar-beam4=$NAT_HF_TEACHER:num_beams=4,max_new_tokens=$AR_MAX \
+--system mp-1pass=runs/multi30k_cmlm_distill_arinit/best:num_iterations=1,length_beam=1 \
+--system mp4-lb5=runs/multi30k_cmlm_distill_arinit/best:num_iterations=4,length_beam=5 \
+--system glat-1pass=runs/multi30k_glat/best:num_iterations=1,length_beam=1 \
+--system glat-lb5=runs/multi30k_glat/best:num_iterations=1,length_beam=5 \
+--system ctc-glat=runs/multi30k_ctc_glat/best:decoding_strategy=greedy \
+--system dag-glat-greedy=runs/multi30k_dag_glat/best:decoding_strategy=greedy \
+--system dag-glat-lookahead=runs/multi30k_dag_glat/best:decoding_strategy=lookahead \
+--system dag-glat-viterbi=runs/multi30k_dag_glat/best:decoding_strategy=viterbi \
+--system dag-glat-r2-lookahead=runs/multi30k_dag_glat_r2/best:decoding_strategy=lookahead \
+--system dag-glat-r8-lookahead=runs/multi30k_dag_glat_r8/best:decoding_strategy=lookahead"
+    command="nat-hf bench speed $systems --source $TEST.en --sentences 256 --batch-sizes 1,64 --repeats 3 \
+--threads $THREADS --baseline ar-greedy --output runs/bench/singlepass_speed.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/singlepass_speed.json --name singlepass-speed \
+      --command "$command"
+    command="nat-hf bench quality $systems --data-dir $NAT_HF_DATA_DIR --splits val test_2016_flickr \
+--threads $THREADS --output runs/bench/singlepass_quality.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/singlepass_quality.json --name singlepass-quality \
+      --command "$command" --gap-to ar-greedy --gap-to ar-beam4
+    ;;
   *)
-    echo "usage: $0 ablation|baselines|speed|quality|card" >&2
+    echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass" >&2
     exit 2
     ;;
 esac

@@ -6,7 +6,7 @@ transformers' model classes (about 4 s); each command imports what it needs."""
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -27,11 +27,15 @@ def add_decoding_options(parser: argparse.ArgumentParser, with_methods: bool) ->
     importing `nat_hf` costs seconds), plus `--num-beams` and `--max-new-tokens`."""
     names = []
     if with_methods:
-        from nat_hf.methods import decoding_option_help
+        from nat_hf.methods import METHODS, decoding_option_help
 
         for name, (kind, text) in decoding_option_help().items():
-            parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+            owners = [method_name for method_name, method in METHODS.items() if name in method.option_defaults()]
+            parser.add_argument("--" + name.replace("_", "-"), type=option_parser(name, kind),
+                                help=f"{text} [methods: {', '.join(owners)}]" if text else f"[methods: "
+                                f"{', '.join(owners)}]")
             names.append(name)
+    parser.set_defaults(method_option_names=tuple(names))
     parser.add_argument("--num-beams", type=int, help="beam size, for autoregressive models (e.g. a teacher)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on the output length, end-of-sentence included")
     parser.set_defaults(decoding_names=(*names, *GENERIC_DECODING_OPTIONS))
@@ -43,6 +47,23 @@ def add_decoding_options(parser: argparse.ArgumentParser, with_methods: bool) ->
                         "output is not printed on the terminal)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
+
+
+def option_parser(name: str, declared) -> "Callable[[str], object]":
+    """The argparse `type` of a method's decoding option: its declared type (`int`, `float` (e.g.
+    `--viterbi-length-exponent 1.2`), `str`, `bool` as true/false), however the method's dataclass spells it
+    (`nat_hf.inference.option_value_type`). Named after the type, for argparse's "invalid float value" message."""
+    from nat_hf.inference import option_value_type, parse_option_value
+
+    kind = option_value_type(declared)
+    if kind in (int, float, str):
+        return kind
+
+    def parse(text: str):
+        return parse_option_value(name, text, kind)
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def decoding_kwargs(args: argparse.Namespace) -> dict:
@@ -84,6 +105,11 @@ def check_options(model, args: argparse.Namespace) -> None:
         fail(f"--batch-size must be >= 1, got {args.batch_size}")
     if getattr(args, "chunk_size", None) is not None and args.chunk_size < 1:
         fail(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if getattr(model, "nat_method", None) is None:  # an AR model: no NAT method takes these
+        given = [name for name in getattr(args, "method_option_names", ()) if getattr(args, name) is not None]
+        if given:
+            fail(f"{', '.join('--' + name.replace('_', '-') for name in given)}: NAT decoding option(s), but "
+                 f"{args.model} is not a NAT model ({type(model).__name__}); use --num-beams / --max-new-tokens")
     try:
         check_generate_kwargs(model, decoding_kwargs(args))
     except ValueError as error:

@@ -1,3 +1,5 @@
+import dataclasses
+import math
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download
@@ -7,6 +9,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from nat_hf import NATConfig, NATForConditionalGeneration  # noqa: E402
+from nat_hf.methods import METHODS  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("NAT_TEST_THREADS", "2")))
 
@@ -63,3 +66,22 @@ def write_toy_corpus(directory, sizes=(("train", 400), ("val", 40), ("test", 40)
 @pytest.fixture
 def toy_corpus(tmp_path):
     return write_toy_corpus(tmp_path / "corpus")
+
+
+def objective_config_kwargs(objective: str, base: dict | None = None) -> dict:
+    """`base` (default TINY) as a config of `objective`, with what its `validate_config` needs: a decoder long
+    enough for the upsampled source (`upsample_ratio` of its training options, ctc and dag), and a blank token
+    (the last vocabulary id) when the method asks for one (ctc)."""
+    kwargs = {**(TINY if base is None else base), "objective": objective}
+    training = {option.name: option.default for option in dataclasses.fields(METHODS[objective].TrainingOptions)}
+    ratio = training.get("upsample_ratio")
+    if ratio is not None:
+        kwargs["max_target_positions"] = max(kwargs.get("max_target_positions", 256),
+                                             math.ceil(ratio * kwargs.get("max_source_positions", 256)))
+    try:
+        NATConfig(**kwargs)
+    except ValueError as error:
+        if "blank_token_id" not in str(error):
+            raise
+        kwargs["blank_token_id"] = kwargs["vocab_size"] - 1
+    return kwargs

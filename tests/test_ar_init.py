@@ -1,12 +1,15 @@
 import json
 
+import pytest
 import torch
 from transformers import MarianConfig, MarianMTModel
 
 from nat_hf import NATConfig, NATForConditionalGeneration
 from nat_hf.ar_init import init_from_ar, nat_name
+from nat_hf.methods import METHODS
 
 from .conftest import TINY
+from .test_remote_code import objective_config_kwargs
 
 
 def tiny_marian(decoder_layers: int = 1) -> MarianMTModel:
@@ -58,3 +61,52 @@ def test_shape_mismatches_are_reported_not_copied():
     assert "model.encoder.layers.0.ffn.fc1.weight: (48, 32) vs (64, 32)" in report.shape_mismatch
     assert torch.equal(nat.model.encoder.layers[0].ffn.fc1.weight, before)
     assert "model.encoder.layers.0.self_attn.k_proj.weight" in report.copied
+
+
+@pytest.mark.parametrize("objective", sorted(METHODS))
+def test_a_vocabulary_with_appended_rows_copies_the_ar_rows_and_reports_the_new_ones(objective):
+    """A NAT vocabulary one token longer than the teacher's (a blank appended as the last row, as ctc needs):
+    rows [:teacher vocab] are the teacher's, the last row keeps its initialisation, and the method's heads (length
+    predictor, link scorer, none) are reported as new."""
+    marian = tiny_marian()
+    teacher_vocab = marian.config.vocab_size
+    config = NATConfig(**{**objective_config_kwargs(objective), "vocab_size": teacher_vocab + 1,
+                          "blank_token_id": teacher_vocab})
+    torch.manual_seed(2)
+    nat = NATForConditionalGeneration(config)
+    blank_row = nat.model.shared.weight[teacher_vocab].clone()
+    report = init_from_ar(nat, marian)
+    assert torch.equal(nat.model.shared.weight[:teacher_vocab], marian.model.shared.weight)
+    assert torch.equal(nat.model.shared.weight[teacher_vocab], blank_row)
+    assert nat.lm_head.weight is nat.model.shared.weight
+    assert "model.shared.weight" in report.copied
+    # an upsampled decoder (ctc, dag) may have more positions than the teacher: that table alone is left fresh
+    assert all(entry.startswith("model.decoder.embed_positions.weight:") for entry in report.shape_mismatch)
+    assert report.new_rows == [teacher_vocab] and report.to_dict()["new_rows"] == [teacher_vocab]
+    assert f"vocabulary rows [{teacher_vocab}] newly initialised" in report.summary()
+    heads = {f"model.{head}.{name}" for head, module in METHODS[objective].heads(config).items()
+             for name in module.state_dict()}
+    assert heads <= set(report.newly_initialised)
+    assert "model.shared.weight" not in report.newly_initialised
+
+
+def test_an_untied_output_projection_gets_the_ar_rows_too():
+    marian = tiny_marian()
+    teacher_vocab = marian.config.vocab_size
+    torch.manual_seed(3)
+    nat = NATForConditionalGeneration(NATConfig(**{**TINY, "vocab_size": teacher_vocab + 2,
+                                                   "tie_word_embeddings": False}))
+    extra = nat.lm_head.weight[teacher_vocab:].clone()
+    report = init_from_ar(nat, marian)
+    assert nat.lm_head.weight is not nat.model.shared.weight
+    assert torch.equal(nat.lm_head.weight[:teacher_vocab], marian.lm_head.weight)
+    assert torch.equal(nat.lm_head.weight[teacher_vocab:], extra)
+    assert "lm_head.weight" in report.copied and "lm_head.weight" not in report.newly_initialised
+    assert report.new_rows == [teacher_vocab, teacher_vocab + 1]
+
+
+def test_a_vocabulary_smaller_than_the_teachers_is_an_error_naming_both_sizes():
+    marian = tiny_marian()
+    nat = NATForConditionalGeneration(NATConfig(**{**TINY, "vocab_size": TINY["vocab_size"] - 1}))
+    with pytest.raises(ValueError, match=r"NAT vocabulary \(39 tokens\) is smaller than the AR model's \(40 tokens"):
+        init_from_ar(nat, marian)

@@ -8,7 +8,10 @@ from transformers import MarianConfig, MarianMTModel
 
 from nat_hf import NATConfig, NATForConditionalGeneration
 from nat_hf.bench import main, parse_system
+from nat_hf.methods import METHODS
 from nat_hf.tokenization import config_kwargs_from_tokenizer, train_tokenizer
+
+from .test_remote_code import objective_config_kwargs
 
 
 def test_parse_system():
@@ -207,3 +210,83 @@ def test_ar_translation_is_not_cut_at_the_transformers_default_of_20_tokens(tiny
     assert translate_texts(ar, tokenizer, [source], num_beams=1) == tokenizer.batch_decode(capped,
                                                                                           skip_special_tokens=True)
     assert ar.generate(**batch, num_beams=1).shape[1] <= 21  # what transformers alone returns: cut at 20
+
+
+@pytest.fixture
+def objective_systems(tmp_path, toy_corpus):
+    """A tiny random model of every objective in `METHODS` (same tokenizer), saved under tmp_path/<objective>."""
+    tokenizer = train_tokenizer(files=[toy_corpus / "train.en", toy_corpus / "train.de"], vocab_size=100,
+                                algorithm="bpe")
+    base = dict(config_kwargs_from_tokenizer(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                max_source_positions=32, max_target_positions=32, max_length_offset=8, dropout=0.0)
+    for objective in METHODS:
+        torch.manual_seed(0)
+        model = NATForConditionalGeneration(NATConfig(**objective_config_kwargs(objective, base)))
+        model.save_pretrained(tmp_path / objective)
+        tokenizer.save_pretrained(tmp_path / objective)
+    return tmp_path, tokenizer
+
+
+def option_text(value) -> str:
+    """How a user writes an option: a whole float as an integer (`viterbi_length_exponent=1`), to be read as the
+    float the method declares."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def test_every_methods_options_are_read_as_declared_and_the_method_decides_the_raw_pass(objective_systems, toy_corpus):
+    root, _ = objective_systems
+    specs = [f"{objective}={root / objective}:" + ",".join(f"{name}={option_text(value)}" for name, value
+                                                            in METHODS[objective].option_defaults().items())
+             for objective in METHODS]
+    output = root / "speed.json"
+    main([arg for spec in specs for arg in ("--system", spec)] + [
+        "--source", str(toy_corpus / "val.en"), "--sentences", "3", "--batch-sizes", "1", "--repeats", "1",
+        "--threads", "1", "--output", str(output)])
+    systems = json.loads(output.read_text())["systems"]
+    assert set(systems) == set(METHODS)
+    for objective, method in METHODS.items():
+        defaults = method.option_defaults()
+        options = systems[objective]["options"]
+        assert options == defaults and [type(value) for value in options.values()] == \
+            [type(value) for value in defaults.values()], objective  # `1` for a float option is 1.0
+        assert ("raw_forward_ms" in systems[objective]) == method.is_single_pass(defaults), objective
+
+
+def test_a_system_option_of_another_method_or_of_the_wrong_type_is_an_error_naming_it(objective_systems):
+    from nat_hf.bench import System, Translator
+    from nat_hf.inference import option_value_type
+    from nat_hf.methods import decoding_option_help
+
+    root, _ = objective_systems
+    foreign = sorted(set(decoding_option_help()) - set(METHODS["glat"].option_defaults()))
+    if not foreign:
+        pytest.skip("every registered method has glat's options")
+    with pytest.raises(ValueError, match=f"{foreign[0]}.*do not apply to method 'glat'"):
+        Translator(System("glat", str(root / "glat"), {foreign[0]: 1}))
+    floats = [(objective, name) for objective, method in METHODS.items()
+              for name, (kind, _) in method.option_help().items() if option_value_type(kind) is float]
+    if not floats:
+        pytest.skip("no registered method has a float option")
+    objective, name = floats[0]
+    with pytest.raises(ValueError, match=f"{name} must be a number, got 'abc'"):
+        Translator(parse_system(f"x={root / objective}:{name}=abc"))
+
+
+def test_the_repeated_token_share_is_reported_for_every_system(objective_systems, toy_corpus):
+    from nat_hf.quality import main as quality_main
+    from nat_hf.quality import repeated_token_share
+
+    root, tokenizer = objective_systems
+    output = root / "quality.json"
+    quality_main([arg for objective in METHODS for arg in ("--system", f"{objective}={root / objective}")]
+                 + ["--data-dir", str(toy_corpus), "--splits", "val", "--threads", "1", "--output", str(output)])
+    systems = json.loads(output.read_text())["systems"]
+    assert set(systems) == set(METHODS)
+    references = (toy_corpus / "val.de").read_text().splitlines()
+    for objective, entry in systems.items():
+        scores = entry["splits"]["val"]
+        share = repeated_token_share([tokenizer.tokenize(text) for text in scores["hypotheses"]])
+        assert scores["repeated_token_share"] == round(share, 4), objective
+        assert scores["reference_repeated_token_share"] == round(
+            repeated_token_share([tokenizer.tokenize(text) for text in references]), 4)

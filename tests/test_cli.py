@@ -196,3 +196,60 @@ def test_translate_refuses_to_overwrite_its_input_and_evaluate_mismatched_files_
     status, _, err = run_cli(["evaluate", str(toy_model), "--source", str(source), "--reference", str(reference)],
                              capsys)
     assert status == 2 and err == f"error: {source} has 1 lines but {reference} has 2\n"
+
+
+def test_method_option_flags_take_the_declared_type_and_an_option_of_another_method_exits_2(toy_model, capsys,
+                                                                                             monkeypatch):
+    import argparse
+
+    from nat_hf.methods import METHODS
+    from nat_hf_cli import add_decoding_options
+
+    from .test_pipeline_nat import FakeMethod
+
+    monkeypatch.setitem(METHODS, "fake", FakeMethod())  # a method registered later, with a float option
+    parser = argparse.ArgumentParser()
+    add_decoding_options(parser, with_methods=True)
+    args = parser.parse_args(["--fake-exponent", "2", "--num-iterations", "3"])
+    assert (args.fake_exponent, args.num_iterations) == (2.0, 3) and isinstance(args.fake_exponent, float)
+    assert "[methods: fake]" in parser.format_help() and "[methods: cmlm, vanilla, glat" in parser.format_help()
+    stdin = io.StringIO("one\n")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    status, out, err = run_cli(["translate", str(toy_model), "--fake-exponent", "2"], capsys)
+    assert (status, out) == (2, "") and stdin.tell() == 0
+    assert err.startswith("error: decoding option(s) ['fake_exponent'] do not apply to method 'cmlm'")
+    assert len(err.splitlines()) == 1
+    status, out, err = run_cli(["translate", str(toy_model), "--fake-exponent", "abc"], capsys)
+    assert status == 2 and "argument --fake-exponent: invalid float value: 'abc'" in err
+
+
+def test_every_real_option_of_another_method_exits_2_naming_it(toy_model, capsys, tmp_path):
+    from nat_hf.methods import METHODS, decoding_option_help
+
+    source = tmp_path / "source.txt"
+    source.write_text("one\n")
+    for name, (kind, _) in decoding_option_help().items():
+        if name in METHODS["cmlm"].option_defaults():
+            continue
+        value = "1" if kind in (int, float, "int", "float") else "x"
+        for command in (["translate", str(toy_model), "one"],
+                        ["evaluate", str(toy_model), "--source", str(source), "--reference", str(source)]):
+            status, out, err = run_cli([*command, "--" + name.replace("_", "-"), value], capsys)
+            assert (status, out) == (2, "") and len(err.splitlines()) == 1, (name, err)
+            assert err.startswith(f"error: decoding option(s) ['{name}'] do not apply to method 'cmlm'"), err
+
+
+def test_a_nat_option_for_an_autoregressive_model_exits_2(toy_model, capsys, tmp_path):
+    from transformers import AutoTokenizer, MarianConfig, MarianMTModel
+
+    tokenizer = AutoTokenizer.from_pretrained(toy_model)
+    MarianMTModel(MarianConfig(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
+                               encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                               decoder_ffn_dim=32, max_position_embeddings=32, pad_token_id=0, eos_token_id=1,
+                               decoder_start_token_id=0)).save_pretrained(tmp_path / "ar")
+    tokenizer.save_pretrained(tmp_path / "ar")
+    capsys.readouterr()  # the saving's progress bar
+    status, out, err = run_cli(["translate", str(tmp_path / "ar"), "one", "--length-beam", "2"], capsys)
+    assert (status, out) == (2, "")
+    assert err == (f"error: --length-beam: NAT decoding option(s), but {tmp_path / 'ar'} is not a NAT model "
+                   "(MarianMTModel); use --num-beams / --max-new-tokens\n")

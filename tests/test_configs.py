@@ -39,7 +39,7 @@ class StandInTokenizer:
         return self.get_vocab()[token]
 
 
-def expected_parameters(model_args: dict, vocab_size: int, family: str, length_classes: int) -> int:
+def expected_parameters(model_args: dict, vocab_size: int, family: str, heads: int) -> int:
     """Parameter count of the architecture the YAML describes, counted by hand (tied and shared embeddings once)."""
     d, ffn = model_args["d_model"], model_args["ffn_dim"]
     attention, feed_forward, layer_norm = 4 * (d * d + d), d * ffn + ffn + ffn * d + d, 2 * d
@@ -50,7 +50,19 @@ def expected_parameters(model_args: dict, vocab_size: int, family: str, length_c
         return vocab_size * d + layers + 2 * max(source, target + 1) * d
     positions = 0 if model_args.get("position_embedding_type") == "sinusoidal" else (source + target) * d
     final_norms = 2 * layer_norm if model_args.get("normalize_before") else 0
-    return vocab_size * d + layers + positions + final_norms + d * length_classes + length_classes
+    return vocab_size * d + layers + positions + final_norms + heads
+
+
+def expected_head_parameters(config) -> int:
+    """The method's heads, counted by hand: a length predictor (`cmlm`, `vanilla`, `glat`), a gated link scorer
+    (`dag`: query and key projections of `link_heads` heads, a gate over the heads), none (`ctc`)."""
+    d = config.d_model
+    if config.objective == "ctc":
+        return 0
+    if config.objective == "dag":
+        heads = config.method_options["link_heads"]
+        return 2 * (d * d + d) + (d * heads + heads if heads > 1 else 0)
+    return d * config.num_length_classes + config.num_length_classes
 
 
 def test_every_config_is_covered():
@@ -80,7 +92,7 @@ def test_shipped_config_builds_the_model_it_describes(path, monkeypatch):
         config.data.vocab_size)
     torch.manual_seed(0)
     model, _ = build_model(config, tokenizer)
-    vocab_size = len(tokenizer)
+    vocab_size = len(tokenizer) + (yaml_model.get("blank_token") == "append")  # a blank appended after it
 
     names = {"d_model": ["d_model"], "encoder_layers": ["encoder_layers"], "decoder_layers": ["decoder_layers"],
              "attention_heads": ["encoder_attention_heads", "decoder_attention_heads"],
@@ -99,8 +111,8 @@ def test_shipped_config_builds_the_model_it_describes(path, monkeypatch):
     for stack in (model.model.encoder, model.model.decoder):
         widths = {module.out_features for module in stack.layers[0].modules() if isinstance(module, torch.nn.Linear)}
         assert widths == {yaml_model["d_model"], yaml_model["ffn_dim"]}, path.name
-    length_classes = getattr(model.config, "num_length_classes", 0)
-    assert model.num_parameters() == expected_parameters(yaml_model, vocab_size, family, length_classes)
+    heads = expected_head_parameters(model.config) if family == "nat" else 0
+    assert model.num_parameters() == expected_parameters(yaml_model, vocab_size, family, heads)
 
     # the evaluation settings decode with this model (periodic and final)
     source = ({"input_ids": torch.tensor([[10, 11, 12, 13, 1]])} if isinstance(tokenizer, StandInTokenizer)
@@ -113,5 +125,5 @@ def test_shipped_config_builds_the_model_it_describes(path, monkeypatch):
         with torch.no_grad():
             output = model.generate(**source, **options)
         assert output.shape[0] == 1, (path.name, final)
-    assert model.generation_config.num_beams == config.eval.final_num_beams if family == "ar" else \
-        model.generation_config.num_iterations == config.eval.final_num_iterations
+    final = decoding_options(config, True, objective=getattr(model.config, "objective", None))
+    assert {name: getattr(model.generation_config, name) for name in final} == final

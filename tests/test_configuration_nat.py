@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -6,7 +7,7 @@ from transformers import AutoConfig
 from nat_hf import NATConfig
 from nat_hf.methods import METHODS
 
-from .conftest import TINY
+from .conftest import TINY, objective_config_kwargs
 
 
 def test_round_trip_through_auto_config(tmp_path):
@@ -59,4 +60,7 @@ def test_invalid_values_raise_value_error_naming_the_field(overrides, field):
 def test_every_objective_in_the_table_is_a_valid_config():
     for name in METHODS:
         mode = "mask" if name == "cmlm" else "copy"
-        assert NATConfig(**TINY, objective=name, decoder_input_mode=mode).objective == name
+        config = NATConfig(**objective_config_kwargs(name), decoder_input_mode=mode)
+        assert config.objective == name
+        assert set(config.method_options) == {option.name for option in
+                                              dataclasses.fields(METHODS[name].TrainingOptions)}

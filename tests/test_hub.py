@@ -20,9 +20,11 @@ from nat_hf.hub import (
     with_placeholders,
     write_card,
 )
+from nat_hf.methods import METHODS
 from nat_hf.train import load_config
 
 from .conftest import TINY, write_toy_corpus
+from .test_remote_code import non_default_options, objective_config_kwargs
 
 # an absolute path: a "/" opening a word that is not part of "//" (URLs) nor a "}/" or "<...>/" placeholder
 ABSOLUTE_PATH = re.compile(r"(?:^|[\s`'\"(=:])/(?!/)[\w.-]+/")
@@ -98,6 +100,7 @@ def test_card_names_dataset_and_teacher_and_no_local_path(local_run, tmp_path):
             "vocabulary 40; trained on Multi30k") in text
     assert "sacreBLEU test_2016_flickr 12.35 (greedy) / 13.46 (beam 4)." in text
     assert "Initialisation: the weights of the teacher" in text and "Vocabulary: the teacher's tokenizer." in text
+    assert "the `length_predictor` of the method and any vocabulary rows beyond the AR model's start fresh" in text
     # reproduction: placeholders a stranger fills, and a config that `load_config` expands back to the run's paths
     assert ("nat-hf distill <teacher dir> --data-dir <multi30k text dir> --output-dir <multi30k text dir>/distill "
             "--splits train --source-lang en --target-lang de --num-beams 4") in text
@@ -183,3 +186,63 @@ def test_card_and_push_of_a_missing_or_incomplete_directory_are_usage_errors(tmp
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("objective", sorted(METHODS))
+def test_card_describes_each_objective_its_decoding_and_method_options(tmp_path, objective):
+    from nat_hf.hub import OBJECTIVES, describe_objective
+
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    model = NATForConditionalGeneration(NATConfig(**objective_config_kwargs(objective)))
+    changed = non_default_options(model)
+    for name, value in changed.items():
+        setattr(model.generation_config, name, value)
+    model.save_pretrained(run / "best")
+    defaults = {name: getattr(model.generation_config, name) for name in model.nat_method.option_defaults()}
+    assert defaults  # every method has an option to show (changed ones: read from the saved file)
+    # results.json as `nat-hf train` writes it: the final decoding as a mapping
+    decoding = dict(defaults)
+    (run / "results.json").write_text(json.dumps({
+        "steps": 10, "train_seconds": 60.0, "best_step": 10, "best_valid_bleu": 1.0, "val_bleu": 3.5, "val_chrf": 20.0,
+        "family": "nat", "decoding": decoding}))
+    text = write_card(run / "best").content
+    assert f"Objective `{objective}`: {describe_objective(objective)}." in text
+    if objective in OBJECTIVES:
+        assert OBJECTIVES[objective][1] in text  # the paper
+    listed = ", ".join(f"`{name}={value}`" for name, value in defaults.items())
+    assert f"the defaults saved in `generation_config.json`: {listed}." in text
+    assert f"| default decoding | {listed} |" in text
+    assert "num_iterations" not in text or "num_iterations" in defaults  # nothing of another method
+    row = ", ".join(f"{name}={value}" for name, value in decoding.items())
+    assert f"| this model | val | 3.50 | 20.00 | {row} |" in text
+    method_options = json.loads((run / "best" / "config.json").read_text())["method_options"]  # as saved
+    if method_options:
+        assert "Method options (`" + objective + "`, `NATConfig.method_options`): " + ", ".join(
+            f"`{name}={value}`" for name, value in method_options.items()) + "." in text
+
+
+def test_card_reads_the_decoding_of_old_results_files(tmp_path):
+    """results.json written before the methods had their own options: num_iterations/length_beam at the top."""
+    run = tmp_path / "run"
+    NATForConditionalGeneration(NATConfig(**TINY)).save_pretrained(run / "best")
+    (run / "results.json").write_text(json.dumps({
+        "steps": 10, "train_seconds": 60.0, "best_step": 10, "best_valid_bleu": 1.0, "val_bleu": 3.5, "val_chrf": 20.0,
+        "family": "nat", "num_iterations": 10, "length_beam": 5, "world_size": 1}))
+    text = write_card(run / "best").content
+    assert "| this model | val | 3.50 | 20.00 | num_iterations=10, length_beam=5 |" in text
+    assert "`num_iterations=10`, `length_beam=5`, `decoding_strategy=mask_predict`" in text
+
+
+def test_an_objective_without_a_card_text_is_described_by_its_method_docstring(monkeypatch):
+    from nat_hf.hub import describe_objective
+    from nat_hf.method_glat import GLATMethod
+
+    class Novel(GLATMethod):
+        """A novel method (Someone et al., 2030).
+
+        More detail that the card leaves out."""
+
+    monkeypatch.setitem(METHODS, "novel", Novel())
+    assert describe_objective("novel") == "A novel method (Someone et al., 2030)"
+    assert describe_objective("unknown") == "the `unknown` objective of nat-hf"

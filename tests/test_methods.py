@@ -122,7 +122,8 @@ def test_cli_decoding_flags_are_the_methods_options():
     parser = argparse.ArgumentParser()
     nat_hf_cli.add_decoding_options(parser, with_methods=True)
     args = parser.parse_args(["--num-iterations", "2", "--length-beam", "3", "--decoding-strategy", "mask_predict"])
-    assert set(args.decoding_names) == {*METHODS["cmlm"].option_defaults(), "num_beams", "max_new_tokens"}
+    every_option = {name for method in METHODS.values() for name in method.option_defaults()}
+    assert set(args.decoding_names) == {*every_option, "num_beams", "max_new_tokens"}
     assert nat_hf_cli.decoding_kwargs(args) == {"num_iterations": 2, "length_beam": 3,
                                                 "decoding_strategy": "mask_predict"}
 
@@ -138,7 +139,7 @@ def test_the_config_check_runs_the_methods_option_validation(monkeypatch):
             raise ValueError("num_iterations=3 is refused by this method")
 
     monkeypatch.setattr(MaskPredictOptions, "validate", refuse_three)
-    with pytest.raises(ConfigError, match="eval.final_num_iterations: num_iterations=3 is refused"):
-        build_config({"eval": {"final_num_iterations": 3}})
+    with pytest.raises(ConfigError, match="eval.final_decoding.num_iterations: num_iterations=3 is refused"):
+        build_config({"eval": {"final_decoding": {"num_iterations": 3}}})
     with pytest.raises(ValueError, match="num_iterations=3 is refused"):
         pinned_model("cmlm").generate(SOURCES, num_iterations=3)

@@ -2,13 +2,32 @@
 pipeline file's imports (it is shipped as remote code)."""
 
 import ast
+from dataclasses import dataclass, field
 
 import pytest
+import torch
 from transformers import pipeline
 
-from nat_hf import pipeline_nat
+from nat_hf import NATConfig, NATForConditionalGeneration, pipeline_nat
+from nat_hf.method_glat import GLATMethod, OnePassOptions
+from nat_hf.methods import METHODS, decoding_option_help
 
 from .test_inference import OVER_LONG, save_toy_translator
+from .test_remote_code import objective_config_kwargs
+
+
+@dataclass
+class FakeOptions(OnePassOptions):
+    """GLAT's options and a float one no real method has."""
+
+    fake_exponent: float = field(default=1.0, metadata={"help": "a float option of the fake method"})
+
+
+class FakeMethod(GLATMethod):
+    """A method registered by a test only."""
+
+    name = "fake"
+    Options = FakeOptions
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +107,33 @@ def test_pipeline_file_imports_only_transformers():
     modules |= {node.module.split(".")[0] if node.level == 0 else "." for node in ast.walk(tree)
                 if isinstance(node, ast.ImportFrom)}
     assert modules == {"transformers"}
+
+
+@pytest.mark.parametrize("objective", sorted(METHODS))
+def test_every_method_takes_its_options_and_refuses_another_methods(translator, objective, tmp_path):
+    """Each method's options (defaults given explicitly, a float one as an int) decode like no option at all;
+    an option only another method has is a ValueError naming it, raised by generate's check before decoding."""
+    config = translator.model.config
+    base = {key: getattr(config, key) for key in ("vocab_size", "pad_token_id", "eos_token_id", "unk_token_id",
+                                                  "mask_token_id", "d_model", "encoder_layers", "decoder_layers",
+                                                  "encoder_attention_heads", "decoder_attention_heads",
+                                                  "encoder_ffn_dim", "decoder_ffn_dim", "max_source_positions",
+                                                  "max_target_positions", "max_length_offset")}
+    torch.manual_seed(0)
+    model = NATForConditionalGeneration(NATConfig(**objective_config_kwargs(objective, base))).eval()
+    model.save_pretrained(tmp_path / objective)
+    translator.tokenizer.save_pretrained(tmp_path / objective)
+    pipe = pipeline("nat-translation", model=str(tmp_path / objective), trust_remote_code=True)
+    given = {name: int(value) if isinstance(value, float) and value.is_integer() else value
+             for name, value in METHODS[objective].option_defaults().items()}
+    assert pipe(["three one two", "five"], **given) == pipe(["three one two", "five"])
+    foreign = sorted(set(decoding_option_help()) - set(given))
+    for name in foreign:
+        with pytest.raises(ValueError, match=rf"\['{name}'\] do not apply to method '{objective}'"):
+            pipe("three one two", **{name: 1})
+
+
+def test_an_option_of_a_method_registered_later_is_refused_by_name(translator, monkeypatch):
+    monkeypatch.setitem(METHODS, "fake", FakeMethod())
+    with pytest.raises(ValueError, match=r"\['fake_exponent'\] do not apply to method 'cmlm'"):
+        translator("three one", fake_exponent=2.0)

@@ -16,7 +16,7 @@ import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from nat_hf.data import DataError
-from nat_hf.train import ConfigError, build_config, check_init_from, load_config, train
+from nat_hf.train import ConfigError, build_config, check_init_from, decoding_options, load_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "training" / "configs" / "tiny_test.yaml"
@@ -130,7 +130,8 @@ def test_two_processes_train_data_parallel(tmp_path, toy_corpus):
         ({"optimizer": {}}, "unknown config section 'optimizer'"),
         ({"optim": {"max_steps": "many"}}, "optim.max_steps must be int"),
         ({"optim": {"betas": 0.9}}, "optim.betas must be a list"),
-        ({"eval": {"length_beam": 0}}, "eval.length_beam"),
+        ({"eval": {"decoding": {"length_beam": 0}}}, "eval.decoding.length_beam: length_beam must be an integer"),
+        ({"eval": {"decoding": [1]}}, "eval.decoding must be a mapping"),
     ],
 )
 def test_bad_config_values_are_rejected(values, message):
@@ -239,7 +240,7 @@ def test_training_can_start_from_an_ar_model(tmp_path, toy_corpus):
 def test_the_same_script_trains_an_ar_baseline(tmp_path, toy_corpus):
     output_dir = tmp_path / "ar"
     summary = train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, "model.family=ar",
-                                                            "eval.final_num_beams=2")))
+                                                            "eval.decoding={}", "eval.final_decoding={num_beams: 2}")))
     log = read_log(output_dir)
     start = next(record for record in log if record["event"] == "start")
     last_eval = [record for record in log if record["event"] == "eval"][-1]
@@ -425,17 +426,18 @@ def test_resume_accepts_the_run_directory_moved_or_spelt_differently(tmp_path, f
     shutil.copytree(output_dir, moved)
     monkeypatch.chdir(tmp_path)
     for spelling, extra in (("moved/", ["data.test_splits=[test]"]),
-                            ("./moved", ["data.test_splits=[]", "eval.final_num_iterations=3"])):
+                            ("./moved", ["data.test_splits=[]", "eval.final_decoding.num_iterations=3"])):
         summary = train(load_config(TINY_CONFIG, tiny_overrides(corpus, Path(spelling), *extra)), resume=True)
         assert summary["steps"] == 20
     assert summary["num_iterations"] == 3 and "test_bleu" not in summary
     generation = json.loads((moved / "best" / "generation_config.json").read_text())
     assert generation["num_iterations"] == 3
     best_config = yaml.safe_load((moved / "best" / "train_config.yaml").read_text())
-    assert best_config["eval"]["final_num_iterations"] == 3 and best_config["data"]["test_splits"] == []
+    assert best_config["eval"]["final_decoding"] == {"num_iterations": 3, "length_beam": 2}
+    assert best_config["data"]["test_splits"] == []
     assert [record["event"] for record in read_log(moved)].count("end") == 1
-    with pytest.raises(ConfigError, match="different config.*eval.num_iterations"):
-        train(load_config(TINY_CONFIG, tiny_overrides(corpus, moved, "eval.num_iterations=3")), resume=True)
+    with pytest.raises(ConfigError, match="different config.*eval.decoding"):
+        train(load_config(TINY_CONFIG, tiny_overrides(corpus, moved, "eval.decoding.num_iterations=3")), resume=True)
 
 
 def test_unreadable_config_files_and_overrides_are_config_errors(tmp_path):
@@ -472,8 +474,8 @@ def test_yaml_float_spellings_are_accepted(tmp_path):
         ("eval.max_sentences=0", "eval.max_sentences must be >= 1"),
         ("run.log_every=0", "run.log_every must be >= 1"),
         ("run.threads=0", "run.threads must be >= 1"),
-        ("eval.num_beams=0", "eval.num_beams must be >= 1"),
-        ("eval.final_num_beams=0", "eval.final_num_beams must be >= 1"),
+        ("eval.decoding.num_iterations=0", "eval.decoding.num_iterations: num_iterations must be an integer >= 1"),
+        ("eval.final_decoding.length_beam=0", "eval.final_decoding.length_beam: length_beam must be an integer"),
         ("eval.average_last=1", "eval.average_last"),
         ("optim.max_minutes=0", "optim.max_minutes must be > 0"),
         ("optim.max_grad_norm=0", "optim.max_grad_norm must be > 0"),
@@ -488,7 +490,8 @@ def test_yaml_float_spellings_are_accepted(tmp_path):
         ("model.decoder_input_mode=copy", "model.decoder_input_mode: .*'mask' with objective 'cmlm'"),
         ("model.position_embedding_type=rotary", "model.position_embedding_type"),
         ("model.activation_function=gleu", "model.activation_function must be one of"),
-        ("eval.length_beam=40", r"eval.length_beam: length_beam=40 exceeds the number of length classes \(17\)"),
+        ("eval.decoding.length_beam=40",
+         r"eval.decoding.length_beam: length_beam=40 exceeds the number of length classes \(17\)"),
     ],
 )
 def test_bad_counts_and_architectures_are_config_errors(override, message):
@@ -507,16 +510,21 @@ def test_a_misspelt_test_split_stops_before_anything_is_written(tmp_path, toy_co
 
 
 def test_copy_decoder_models_evaluate_in_one_pass(tmp_path, toy_corpus):
+    """The method's defaults decide the evaluation decoding: glat decodes in one pass; vanilla's defaults are
+    Mask-Predict's 10 iterations, which a copy decoder refuses, so a vanilla copy config states 1 itself."""
+    glat = build_config({"model": {"objective": "glat", "decoder_input_mode": "copy"}})
+    assert decoding_options(glat, False)["num_iterations"] == decoding_options(glat, True)["num_iterations"] == 1
     copy_model = {"objective": "vanilla", "decoder_input_mode": "copy"}
-    config = build_config({"model": copy_model})
-    assert (config.eval.num_iterations, config.eval.final_num_iterations) == (1, 1)
-    with pytest.raises(ConfigError, match="eval.num_iterations=4: .*decodes in one pass"):
-        build_config({"model": copy_model, "eval": {"num_iterations": 4}})
-    with pytest.raises(ConfigError, match="eval.num_iterations=2: "):
+    with pytest.raises(ConfigError, match="eval.decoding.num_iterations: num_iterations > 1 needs decoder_input_mode"):
+        build_config({"model": copy_model})
+    with pytest.raises(ConfigError, match="eval.final_decoding.num_iterations: num_iterations > 1 needs"):
+        build_config({"model": copy_model, "eval": {"decoding": {"num_iterations": 1}}})
+    with pytest.raises(ConfigError, match="eval.decoding.num_iterations: "):
         load_config(TINY_CONFIG, ["model.objective=vanilla", "model.decoder_input_mode=copy"])  # the YAML sets 2
     summary = train(load_config(TINY_CONFIG, tiny_overrides(
         toy_corpus, tmp_path / "copy", "model.objective=vanilla", "model.decoder_input_mode=copy",
-        "eval.num_iterations=1", "eval.final_num_iterations=1", "optim.max_steps=2", "eval.eval_every=2")))
+        "eval.decoding.num_iterations=1", "eval.final_decoding.num_iterations=1", "optim.max_steps=2",
+        "eval.eval_every=2")))
     assert summary["steps"] == 2 and summary["num_iterations"] == 1 and "val_bleu" in summary
 
 
@@ -526,14 +534,16 @@ def test_init_from_is_checked_before_anything_is_written(tmp_path, toy_corpus):
     from .conftest import TINY
 
     copy_model = tmp_path / "copy_model"
-    NATForConditionalGeneration(NATConfig(**{**TINY, "objective": "vanilla", "decoder_input_mode": "copy"})
+    NATForConditionalGeneration(NATConfig(**{**TINY, "objective": "glat", "decoder_input_mode": "copy"})
                                 ).save_pretrained(copy_model)
     output_dir = tmp_path / "out"
-    with pytest.raises(ConfigError, match=r"eval.num_iterations=2: model.init_from \(a .*copy model\) decodes in one"):
+    # the saved model's method (glat, copy decoder) checks the YAML's decoding, not the config's model section
+    with pytest.raises(ConfigError, match=r"eval.decoding.num_iterations: num_iterations > 1 needs decoder_input"):
         train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, f"model.init_from={copy_model}")))
-    config = build_config({"model": {"init_from": str(copy_model)}})  # eval iterations not set: one pass
+    config = build_config({"model": {"init_from": str(copy_model)}})  # decoding not set: glat's one pass
     check_init_from(config)
-    assert (config.eval.num_iterations, config.eval.final_num_iterations) == (1, 1)
+    assert decoding_options(config, True, objective="glat") == {"num_iterations": 1, "length_beam": 1,
+                                                                "decoding_strategy": "mask_predict"}
     with pytest.raises(ConfigError, match="model.init_from: cannot read"):
         train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, f"model.init_from={tmp_path}/none")))
     assert not output_dir.exists()
@@ -595,3 +605,201 @@ def test_checkpoints_leave_out_tied_copies_and_resume_ties_them_back(tmp_path, c
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, saved[name]), name
     assert model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr()
+
+
+# --------------------------------------------------------------------------- method-agnostic training (issue 12)
+@pytest.mark.parametrize(("old", "new"), [("num_iterations", "eval.decoding.num_iterations"),
+                                          ("length_beam", "eval.decoding.length_beam"),
+                                          ("num_beams", "eval.decoding.num_beams"),
+                                          ("final_num_iterations", "eval.final_decoding.num_iterations"),
+                                          ("final_length_beam", "eval.final_decoding.length_beam"),
+                                          ("final_num_beams", "eval.final_decoding.num_beams")])
+def test_old_eval_keys_name_what_replaced_them(old, new):
+    with pytest.raises(ConfigError, match=f"eval.{old} was replaced by {new}"):
+        build_config({"eval": {old: 2}})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"model": {"objective": "glat"}, "eval": {"decoding": {"nonsense": 1}}},
+         r"eval.decoding.nonsense: decoding option\(s\) \['nonsense'\] do not apply to method 'glat'"),
+        ({"eval": {"final_decoding": {"decoding_strategy": "beam"}}},
+         "eval.final_decoding.decoding_strategy: decoding_strategy must be one of"),
+        ({"model": {"family": "ar"}, "eval": {"decoding": {"length_beam": 2}}},
+         r"eval.decoding.length_beam: not a decoding option of family ar \(its options: \['num_beams'\]\)"),
+        ({"model": {"family": "ar"}, "eval": {"final_decoding": {"num_beams": 0}}},
+         "eval.final_decoding.num_beams must be an integer >= 1"),
+        ({"model": {"objective": "glat", "method_options": {"glancing_ratio": 0.5}}},
+         r"model.method_options.glancing_ratio: .*\['glancing_ratio'\] are not options of method 'glat'"),
+        ({"model": {"objective": "glat", "method_options": {"glancing_ratio_start": 1.5}}},
+         r"model.method_options.glancing_ratio_start: .*must be a number in \[0, 1\]"),
+        ({"model": {"objective": "glat", "method_options": {"glancing_anneal_steps": -1}}},
+         "model.method_options.glancing_anneal_steps: .*must be an integer >= 0"),
+        ({"model": {"method_options": [1]}}, "model.method_options must be a mapping"),
+        ({"model": {"family": "ar", "method_options": {"glancing_ratio_start": 0.5}}},
+         "model.method_options needs family nat"),
+        ({"model": {"blank_token": "new"}}, r"model.blank_token must be one of \('tokenizer', 'append'\)"),
+        ({"model": {"family": "ar", "blank_token": "append"}}, "model.blank_token: append needs family nat"),
+    ],
+)
+def test_decoding_and_method_options_are_checked_by_the_method_at_config_time(values, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(values)
+
+
+def test_defaults_and_overrides_of_the_decoding_mappings():
+    ar = build_config({"model": {"family": "ar"}})
+    assert decoding_options(ar, False) == {"num_beams": 1, "max_new_tokens": 257}
+    assert decoding_options(ar, True) == {"num_beams": 4, "max_new_tokens": 257}
+    cmlm = build_config({})  # cmlm's own defaults
+    assert decoding_options(cmlm, True) == {"num_iterations": 10, "length_beam": 5, "decoding_strategy": "mask_predict"}
+    config = load_config(TINY_CONFIG, ["eval.final_decoding.length_beam=3", "eval.decoding={num_iterations: 1}"])
+    assert config.eval.final_decoding == {"num_iterations": 4, "length_beam": 3}  # the YAML's, one entry changed
+    assert config.eval.decoding == {"num_iterations": 1}
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(TINY_CONFIG, ["eval.decoding.num_iterations.x=1"])
+    with pytest.raises(ConfigError, match="optim.learning_rate is not a mapping"):
+        load_config(TINY_CONFIG, ["optim.learning_rate.x=1"])
+
+
+def test_a_glat_run_saves_its_method_options_decodes_with_eval_decoding_and_logs_every_term(
+        tmp_path, toy_corpus, monkeypatch):
+    """A few steps of glat: `model.method_options` reach the saved config (defaults filled in), the periodic and
+    final evaluations call generate with `eval.decoding` / `eval.final_decoding` (also the best model's generation
+    defaults), and every train log line records the method's loss terms."""
+    import nat_hf.train as train_module
+
+    calls = []
+    original = train_module.translate_texts
+
+    def recording_translate(model, tokenizer, sources, batch_size, **kwargs):
+        calls.append(kwargs)
+        return original(model, tokenizer, sources, batch_size, **kwargs)
+
+    monkeypatch.setattr(train_module, "translate_texts", recording_translate)
+    output_dir = tmp_path / "glat"
+    summary = train(load_config(TINY_CONFIG, tiny_overrides(
+        toy_corpus, output_dir, "model.objective=glat", "model.decoder_input_mode=copy",
+        "model.method_options={glancing_ratio_start: 0.4, glancing_anneal_steps: 7}", "optim.max_steps=4",
+        "eval.eval_every=4", "run.log_every=2", "data.test_splits=[]",
+        "eval.decoding={num_iterations: 1, length_beam: 2}", "eval.final_decoding={length_beam: 3}")))
+    saved = json.loads((output_dir / "best" / "config.json").read_text())
+    assert saved["objective"] == "glat"
+    assert saved["method_options"] == {"glancing_ratio_start": 0.4, "glancing_ratio_end": 0.3,
+                                       "glancing_anneal_steps": 7}
+    periodic = {"num_iterations": 1, "length_beam": 2, "decoding_strategy": "mask_predict"}
+    final = {"num_iterations": 1, "length_beam": 3, "decoding_strategy": "mask_predict"}
+    assert [{key: call[key] for key in periodic} for call in calls] == [periodic, final]  # step 4, then the end
+    generation = json.loads((output_dir / "best" / "generation_config.json").read_text())
+    assert {key: generation[key] for key in final} == final
+    assert {key: summary[key] for key in final} == final
+    train_records = [record for record in read_log(output_dir) if record["event"] == "train"]
+    assert [record["step"] for record in train_records] == [1, 2, 4]
+    for record in train_records:
+        assert set(record["loss_terms"]) == {"token", "length"} and record["counts"] == {}
+        # glat's total is token + length_loss_weight (0.1) x length, step by step, so also over the window
+        expected = record["loss_terms"]["token"] + 0.1 * record["loss_terms"]["length"]
+        assert record["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_log_sums_the_methods_counts_over_the_window(tmp_path, toy_corpus, monkeypatch):
+    """`LossOutput.counts` (e.g. ctc/dag's `skipped_targets`), as the model's forward returns them in
+    `loss_counts`, are summed over each log window and over micro-batches; `loss_terms`, when the forward gives
+    them, are the logged terms."""
+    from nat_hf import NATForConditionalGeneration
+
+    original = NATForConditionalGeneration.forward
+
+    def forward_with_counts(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        if output.loss is not None:
+            step = kwargs.get("step")
+            output.loss_terms = {"token": output.token_loss, "length": output.length_loss, "extra": output.loss * 0}
+            output.loss_counts = {"skipped_targets": torch.tensor(1),
+                                  "step_plus_one": torch.tensor(-1 if step is None else step + 1)}
+        return output
+
+    monkeypatch.setattr(NATForConditionalGeneration, "forward", forward_with_counts)
+    output_dir = tmp_path / "counts"
+    train(load_config(TINY_CONFIG, tiny_overrides(
+        toy_corpus, output_dir, "optim.max_steps=6", "optim.gradient_accumulation_steps=2", "eval.eval_every=6",
+        "run.log_every=3", "data.test_splits=[]")))
+    train_records = [record for record in read_log(output_dir) if record["event"] == "train"]
+    assert [record["step"] for record in train_records] == [1, 3, 6]
+    # two micro-batches per step; the loop passes step = optimiser steps done before this one (0, 1, ...)
+    assert [record["counts"] for record in train_records] == [
+        {"skipped_targets": 2, "step_plus_one": 2 * 1},
+        {"skipped_targets": 4, "step_plus_one": 2 * (2 + 3)},
+        {"skipped_targets": 6, "step_plus_one": 2 * (4 + 5 + 6)},
+    ]
+    assert all(set(record["loss_terms"]) == {"token", "length", "extra"} for record in train_records)
+    assert all(record["loss_terms"]["extra"] == 0 for record in train_records)
+
+
+def test_a_ctc_run_from_an_ar_model_appends_the_blank_after_the_teachers_vocabulary(tmp_path, toy_corpus):
+    """`model.blank_token: append` with a teacher vocabulary that has no blank: blank_token_id = teacher vocabulary
+    size, one more row; `init_from_ar` copies the teacher's rows and leaves the blank's row as initialised. Without
+    it, the ctc config is a ConfigError naming the key before anything is written."""
+    from transformers import MarianConfig, MarianMTModel
+
+    from nat_hf.tokenization import train_tokenizer
+
+    tokenizer = train_tokenizer(files=[toy_corpus / "train.en", toy_corpus / "train.de"], vocab_size=120,
+                                algorithm="bpe", with_blank=False)
+    vocab = len(tokenizer)
+    torch.manual_seed(0)
+    marian = MarianMTModel(MarianConfig(vocab_size=vocab, d_model=32, encoder_layers=1, decoder_layers=1,
+                                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                        decoder_ffn_dim=64, max_position_embeddings=128, pad_token_id=0,
+                                        eos_token_id=1, decoder_start_token_id=0))
+    ar_dir = tmp_path / "ar"
+    marian.save_pretrained(ar_dir)
+    tokenizer.save_pretrained(ar_dir)
+    ctc = ("model.objective=ctc", "model.decoder_input_mode=copy", "model.max_target_positions=96",
+           "model.method_options={upsample_ratio: 3, glancing_ratio_start: 0.5}", "eval.decoding={}",
+           "eval.final_decoding={}", f"model.init_from_ar={ar_dir}", "data.test_splits=[]")
+    refused = tmp_path / "refused"
+    with pytest.raises(ConfigError, match="model.blank_token: .*blank_token_id.*append"):
+        train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, refused, *ctc)))
+    assert not refused.exists()
+
+    output_dir = tmp_path / "ctc"
+    summary = train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *ctc, "model.blank_token=append",
+                                                            "optim.max_steps=2", "eval.eval_every=2",
+                                                            "optim.learning_rate=1e-9", "run.log_every=1")))
+    assert summary["steps"] == 2 and summary["decoding_strategy"] == "greedy" and "num_iterations" not in summary
+    saved = json.loads((output_dir / "best" / "config.json").read_text())
+    assert (saved["vocab_size"], saved["blank_token_id"]) == (vocab + 1, vocab)
+    assert saved["method_options"]["upsample_ratio"] == 3
+    report = json.loads((output_dir / "init_from_ar.json").read_text())
+    assert report["new_rows"] == [vocab]
+    nat = AutoModelForSeq2SeqLM.from_pretrained(output_dir / "best")
+    teacher_rows, nat_rows = marian.model.shared.weight, nat.model.shared.weight
+    # two updates at a learning rate of 1e-9 leave the copied rows equal to the teacher's to 1e-6
+    assert torch.allclose(nat_rows[:vocab], teacher_rows, atol=1e-6)
+    assert not torch.allclose(nat_rows[vocab], torch.zeros_like(nat_rows[vocab]))
+    train_records = [record for record in read_log(output_dir) if record["event"] == "train"]
+    assert [record["step"] for record in train_records] == [1, 2]
+    assert all(record["loss_terms"] for record in train_records)
+
+
+def test_resume_reads_a_config_saved_by_an_earlier_version(tmp_path, finished_run):
+    """A run saved with the old evaluation keys (and without the newer model keys) resumes under the new ones when
+    they describe the same decoding; a different periodic decoding is still refused."""
+    corpus, output_dir, _ = finished_run
+    old_run = tmp_path / "old"
+    shutil.copytree(output_dir, old_run)
+    saved = yaml.safe_load((old_run / "train_config.yaml").read_text())
+    for key in ("method_options", "blank_token"):
+        del saved["model"][key]
+    saved["eval"] = {"eval_every": 10, "num_iterations": 2, "length_beam": 2, "max_sentences": None,
+                     "final_num_iterations": 4, "final_length_beam": 2, "batch_size": 64, "average_last": 0,
+                     "num_beams": 1, "final_num_beams": 4}
+    (old_run / "train_config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"different config: \[\"eval.decoding: \{'num_iterations': 2, "
+                                          r"'length_beam': 2\} -> \{'num_iterations': 3, 'length_beam': 2\}\"\]"):
+        train(load_config(TINY_CONFIG, tiny_overrides(corpus, old_run, "data.test_splits=[test]",
+                                                      "eval.decoding.num_iterations=3")), resume=True)
+    summary = train(load_config(TINY_CONFIG, tiny_overrides(corpus, old_run, "data.test_splits=[]")), resume=True)
+    assert summary["steps"] == 20 and summary["num_iterations"] == 4

@@ -2,12 +2,16 @@
 count: `nat-hf bench speed --system LABEL=MODEL[:key=value,...] ... --output speed.json`.
 
 A system is a saved model (NAT or AR, directory or repo id) with its decoding options, e.g.
-`nat-1pass=runs/multi30k_cmlm/best:num_iterations=1,length_beam=1` or `ar-greedy=TEACHER_DIR:num_beams=1`.
-Measured per system: latency at batch 1 (median and p90 over the sentences, one sentence at a time, the systems
-taking turns on each sentence), throughput in sentences per second at each batch size (median of repeats, the
-systems taking turns), and for one-pass NAT systems (one iteration, one length candidate) the raw forward
-passes (one encoder pass + one decoder pass on the predicted length), the same arithmetic without `generate`'s
-bookkeeping: their ratio is the overhead of `generate`. Speed-ups are against each
+`nat-1pass=runs/multi30k_cmlm/best:num_iterations=1,length_beam=1`,
+`dag-viterbi=runs/multi30k_dag/best:decoding_strategy=viterbi,viterbi_length_exponent=1.2` or
+`ar-greedy=TEACHER_DIR:num_beams=1`. A NAT system takes the options of its model's method (any method of
+`nat_hf.methods.METHODS`), each read as the type the method declares; an option its method does not have is an
+error naming it. Measured per system: latency at batch 1 (median and p90 over the sentences, one sentence at a time,
+the systems taking turns on each sentence), throughput in sentences per second at each batch size (median of
+repeats, the systems taking turns), and for NAT systems whose method calls their options single-pass
+(`NATMethod.is_single_pass`, e.g. one iteration and one length candidate) the raw forward passes of the method's
+`timing_pass` (e.g. one encoder pass + one decoder pass on the predicted length), the same arithmetic without
+`generate`'s bookkeeping: their ratio is the overhead of `generate`. Speed-ups are against each
 `--baseline` system (repeat the option for several). The machine is shared and noisy: report medians, and never
 compare numbers across runs.
 """
@@ -25,7 +29,13 @@ from pathlib import Path
 
 import torch
 
-from .inference import load_translator, output_limit, with_output_length_cap
+from .inference import (
+    check_generate_kwargs,
+    load_translator,
+    output_limit,
+    typed_decoding_options,
+    with_output_length_cap,
+)
 
 
 @dataclass
@@ -36,6 +46,8 @@ class System:
 
 
 def parse_value(text: str):
+    """A number if `text` reads as one, else the text. A NAT system's method options are read again as their
+    declared types once the model is loaded (`inference.typed_decoding_options`)."""
     for cast in (int, float):
         try:
             return cast(text)
@@ -93,8 +105,12 @@ class Translator:
         self.model, self.tokenizer = load_translator(
             system.path, **(extended_position_kwargs(config, min_output_length) if extend else {}))
         self.positions_extended_to = min_output_length if extend else None
-        self.options = with_output_length_cap(self.model, self.options)
         self.is_nat = getattr(self.model, "nat_method", None) is not None
+        # the method's options as it declares them (`viterbi_length_exponent=1` is the float 1.0), checked now: a
+        # bad value or an option the model's method does not have is a ValueError naming it, before any timing
+        self.options = typed_decoding_options(self.model, self.options)
+        check_generate_kwargs(self.model, self.options)
+        self.options = with_output_length_cap(self.model, self.options)
         generation = self.model.generation_config
         # the NAT method's decoding options, resolved once (call options > generation config > method defaults)
         self.nat_options = None if not self.is_nat else {
@@ -103,6 +119,11 @@ class Translator:
         self.one_pass = self.is_nat and self.model.nat_method.is_single_pass(self.nat_options)
         self.model_class, self.parameters = type(self.model).__name__, self.model.num_parameters()
         self.max_length = output_limit(self.model.config)
+
+    def reported_options(self) -> dict:
+        """The system's options as given, NAT method options with their declared types (for the JSON)."""
+        typed = self.options if self.is_nat else {}
+        return {name: typed.get(name, value) for name, value in self.system.options.items()}
 
     def encode(self, texts: list[str]) -> dict:
         return self.tokenizer(texts, return_tensors="pt", padding=True)
@@ -117,8 +138,8 @@ class Translator:
     @torch.no_grad()
     def raw_forward(self, texts: list[str]) -> None:
         """The arithmetic of one-pass decoding without `generate`'s bookkeeping, as the model's method defines it
-        (`cmlm`/`vanilla`: one encoder pass, the length prediction, and one decoder pass with output projection on
-        `<mask>` inputs of the predicted length)."""
+        (`NATMethod.timing_pass`; e.g. `cmlm`/`vanilla`/`glat`: one encoder pass, the length prediction, and one
+        decoder pass with output projection on `<mask>` inputs of the predicted length)."""
         batch = self.encode(texts)
         self.model.nat_method.timing_pass(self.model, batch["input_ids"], batch["attention_mask"].bool())
 
@@ -198,7 +219,7 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
         label = translator.system.label
         entry = {
             "model": translator.system.path, "model_class": translator.model_class,
-            "parameters": translator.parameters, "options": translator.system.options,
+            "parameters": translator.parameters, "options": translator.reported_options(),
             "latency_ms": {"median": round(1000 * statistics.median(latency[label]), 2),
                            "p90": round(1000 * percentile(latency[label], 0.9), 2)},
             "throughput_sentences_per_second": throughput[label],

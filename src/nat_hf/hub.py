@@ -46,6 +46,72 @@ DATASETS: dict[str, dict] = {
 }
 DISTILL_REPORT = "distill_report.json"  # written by `nat-hf distill` into its output directory
 
+# What a card says about each objective (`NATConfig.objective`): what the method does, for a reader of the Hub, and
+# the paper to cite. Kept here rather than read from the method files: card text is curated for strangers and
+# stable, where the method docstrings are notes for developers that change with the code; and a description
+# attribute on every `NATMethod` would put card wording into the method files. An objective missing here (a method
+# added later) is still described: by the first paragraph of its method class's docstring (`describe_objective`).
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "cmlm": ("a conditional masked language model with a length predictor, decoded with Mask-Predict: every target "
+             "token is predicted in parallel, then the least confident ones are predicted again over a few passes",
+             'Ghazvininejad et al., 2019, "Mask-Predict: Parallel Decoding of Conditional Masked Language Models"'),
+    "vanilla": ("one-pass non-autoregressive translation: a length predictor, then every target token predicted in "
+                "parallel",
+                'Gu et al., 2018, "Non-Autoregressive Neural Machine Translation"'),
+    "glat": ("glancing training (the decoder sees some reference tokens, fewer as it gets better) and one-pass "
+             "decoding with a length predictor",
+             'Qian et al., 2021, "Glancing Transformer for Non-Autoregressive Neural Machine Translation"'),
+    "ctc": ("an upsampled decoder (a fixed multiple of the source length) trained with CTC over a blank token; one "
+            "pass, then repeats and blanks are removed (no length predictor)",
+            'Libovický & Helcl, 2018, "End-to-End Non-Autoregressive Neural Machine Translation with Connectionist '
+            'Temporal Classification"; Saharia et al., 2020, "Non-Autoregressive Machine Translation with Latent '
+            'Alignments"'),
+    "dag": ("DA-Transformer: the upsampled decoder positions are the vertices of a directed acyclic graph with "
+            "learned links, trained on the sum over all its paths; one pass, then a path is chosen (greedy, "
+            "lookahead or Viterbi)",
+            'Huang et al., 2022, "Directed Acyclic Transformer for Non-Autoregressive Machine Translation"'),
+}
+
+
+def describe_objective(objective: str) -> str:
+    """What the card says the objective is: `OBJECTIVES`' text and paper, else the first paragraph of its method's
+    class docstring (`nat_hf.methods.METHODS`), else its name alone."""
+    if objective in OBJECTIVES:
+        text, paper = OBJECTIVES[objective]
+        return f"{text} ({paper})"
+    from .methods import METHODS
+
+    method = METHODS.get(objective)
+    doc = (type(method).__doc__ or "").strip() if method is not None else ""
+    first = " ".join(doc.split("\n\n")[0].split())
+    return first.rstrip(".") if first else f"the `{objective}` objective of nat-hf"
+
+
+def default_decoding(config: dict, generation: dict) -> dict:
+    """The decoding a saved model does by default: every option of its method (`NATMethod.option_defaults`), with
+    the value of its `generation_config.json` (the method's default where the file has none). Empty for an
+    objective this nat_hf does not know."""
+    from .methods import METHODS
+
+    method = METHODS.get(config.get("objective"))
+    if method is None:
+        return {}
+    return {name: generation.get(name, default) for name, default in method.option_defaults().items()}
+
+
+def result_decoding(results: dict) -> dict:
+    """The decoding options a training `results.json` scored the model with: its `decoding` mapping (as `nat-hf
+    train` writes it since each method declares its own options; `final_decoding` also read), else, for results
+    files written before, the option keys at its top level (`num_iterations`, `length_beam`, any method's option,
+    `num_beams` of an AR run)."""
+    for key in ("decoding", "final_decoding"):
+        if isinstance(results.get(key), dict):
+            return dict(results[key])
+    from .methods import decoding_option_help
+
+    names = [*decoding_option_help(), "num_beams"]
+    return {name: results[name] for name in names if name in results}
+
 
 def result_splits(results: dict) -> list[str]:
     """The splits a training `results.json` scores the best model on (`{split}_bleu`; not the periodic best nor
@@ -204,10 +270,10 @@ def measured_bleu(model_dir: Path) -> str | None:
     if results_path.is_file():
         results = json.loads(results_path.read_text())
         if results.get("family") == "ar":
-            beams = results.get("num_beams", 1)
+            beams = result_decoding(results).get("num_beams", 1)
             decoding = "greedy" if beams == 1 else f"beam {beams}"
         else:
-            decoding = f"{results.get('num_iterations')} iterations, length beam {results.get('length_beam')}"
+            decoding = describe_options(result_decoding(results))
         splits = result_splits(results)
         if splits:
             return ", ".join(f"{split} {results[split + '_bleu']:.2f}" for split in splits) + f" ({decoding})"
@@ -323,7 +389,7 @@ def quality_rows(results: dict | None, quality: dict | None, model_dir: Path, in
     rows = ["| system | split | BLEU | chrF | decoding |", "| --- | --- | --- | --- | --- |"]
     evals = []
     if results:
-        decoding = f"num_iterations={results.get('num_iterations')}, length_beam={results.get('length_beam')}"
+        decoding = describe_options(result_decoding(results))
         splits = result_splits(results)
         for split in splits:
             rows.append(f"| this model | {split} | {results[split + '_bleu']:.2f} | {results[split + '_chrf']:.2f} | "
@@ -384,29 +450,56 @@ def data_section(data: dict, info: DataInfo, distillation: Distillation | None) 
     return "\n".join(lines)
 
 
+def method_heads(config: dict) -> list[str]:
+    """The heads the model's method adds to the backbone (`NATMethod.heads`, e.g. `length_predictor`,
+    `link_scorer`), read by building the saved config; empty when it cannot be built here."""
+    from .configuration_nat import NATConfig
+    from .methods import METHODS
+
+    method = METHODS.get(config.get("objective"))
+    if method is None:
+        return []
+    try:
+        fields = {key: value for key, value in config.items() if not key.startswith("_")}
+        return list(method.heads(NATConfig(**fields)))
+    except (TypeError, ValueError):
+        return []
+
+
 def training_section(train_config: dict | None, results: dict | None, distillation: Distillation | None,
-                     teacher_text: str | None, ar_init_text: str | None) -> str:
-    """Steps, initialisation, vocabulary, and the teacher / AR initialisation described publicly."""
+                     teacher_text: str | None, ar_init_text: str | None, config: dict | None = None) -> str:
+    """Steps, the method's training options, initialisation, vocabulary, and the teacher / AR initialisation
+    described publicly. `config` is the saved `config.json` (objective, `method_options`, heads)."""
+    config = config or {}
+    method_options = config.get("method_options") or ((train_config or {}).get("model", {}).get("method_options"))
+    options_line = (f"Method options (`{config.get('objective', '?')}`, `NATConfig.method_options`): "
+                    + ", ".join(f"`{name}={value}`" for name, value in method_options.items()) + "."
+                    if method_options else None)
     if not results:
-        return "Not recorded."
+        return options_line or "Not recorded."
     model = (train_config or {}).get("model", {})
     data = (train_config or {}).get("data", {})
     lines = [f"{results['steps']} steps ({results['train_seconds'] / 60:.0f} minutes of training)"
              + (f", batches of at most {data['max_tokens']} tokens" if data.get("max_tokens") else "")
              + f"; best checkpoint at step {results['best_step']} by validation BLEU."]
+    if options_line:
+        lines.append(options_line)
     teacher = distillation.teacher if distillation else None
     init_from_ar = model.get("init_from_ar")
     init_is_teacher = bool(init_from_ar) and same_model(init_from_ar, teacher)
     if init_from_ar:
+        heads = method_heads(config)
+        fresh = f"the {' and '.join(f'`{head}`' for head in heads)} of the method" if heads else \
+            "what the AR model has no counterpart for"
         lines.append("Initialisation: the weights of " + ("the teacher" if init_is_teacher else "the AR model below")
-                     + " (`model.init_from_ar`: embeddings, encoder and matching decoder weights; the length "
-                       "predictor starts fresh).")
+                     + f" (`model.init_from_ar`: embeddings, encoder and matching decoder weights; {fresh} and any "
+                       "vocabulary rows beyond the AR model's start fresh).")
     tokenizer = data.get("tokenizer")
     if tokenizer and same_model(tokenizer, teacher):
         lines.append("Vocabulary: the teacher's tokenizer.")
     elif tokenizer and same_model(tokenizer, init_from_ar):
         lines.append("Vocabulary: the tokenizer of the AR model below.")
-    elif not tokenizer:
+    elif not tokenizer and train_config:
         lines.append(f"Vocabulary: a {data.get('tokenizer_algorithm', 'unigram')} tokenizer of "
                      f"{data.get('vocab_size')} subwords trained on the training data.")
     if teacher_text:
@@ -540,16 +633,19 @@ def write_card(model_dir: Path, repo_id: str | None = None, results_path: Path |
     ar_hint = "<teacher dir>" if teacher and same_model(init_from_ar, teacher) else "<AR model dir>"
     found = placeholders(train_config, info, ar_hint) if train_config else []
     sources = ", ".join(f"`{Path(p).name}`" for p in (results_path, speed_path, quality_path) if p) or "none"
+    defaults = default_decoding(config, generation)
     card = ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=repo_id or model_dir.name,
         repo_id=repo_id or "<Hub id or directory of this model>", source_lang=source_lang, target_lang=target_lang,
         objective=config["objective"], example="A man is riding a bike." if source_lang == "en" else "...",
-        num_iterations=generation.get("num_iterations"), length_beam=generation.get("length_beam"),
+        method=describe_objective(config["objective"]),
+        decoding_options=", ".join(f"`{name}`" for name in defaults) or "no decoding options of its own",
+        decoding_defaults=", ".join(f"`{name}={value}`" for name, value in defaults.items()) or "none",
         parameters=f"{parameters / 1e6:.1f}M" if parameters is not None else "not recorded",
         d_model=config["d_model"], encoder_layers=config["encoder_layers"], decoder_layers=config["decoder_layers"],
         heads=config["encoder_attention_heads"], ffn_dim=config["encoder_ffn_dim"], vocab_size=config["vocab_size"],
         data=data_section(data, info, distillation) if train_config else "Not recorded.",
-        training=training_section(train_config, results, distillation, teacher_text, ar_init_text),
+        training=training_section(train_config, results, distillation, teacher_text, ar_init_text, config),
         reproduce=reproduce_section(train_config, info, distillation, found),
         quality_table="\n".join(rows), speed_table="\n".join(speed_rows(speed)), sources=sources,
     )

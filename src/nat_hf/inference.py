@@ -1,6 +1,9 @@
 """Load a saved NAT model (directory or Hub repo id) and translate sentences in length-sorted batches: a list at
 once (`translate_texts`) or a stream, chunk by chunk, with a result per source (`translate_lines`)."""
 
+import re
+import types
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -103,6 +106,74 @@ def check_generate_kwargs(model, generate_kwargs: dict) -> None:
     if check is not None:
         options = dict(generate_kwargs)
         check(options.pop("generation_config", None), options)
+
+
+OPTION_VALUE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def option_value_type(declared) -> type:
+    """The value type (`int`, `float`, `str` or `bool`) of a decoding option as a method's `Options` dataclass
+    declares it: a type, a union with None (`float | None`, `Optional[float]`), a `Literal[...]`, or the same as an
+    annotation string (a method file with `from __future__ import annotations` declares strings). Anything else is
+    read as text (the method validates the value)."""
+    if isinstance(declared, str):
+        text = declared.strip()
+        inner = re.fullmatch(r"(?:typing\.)?Optional\[(.+)\]", text)
+        parts = [part.strip() for part in (inner.group(1) if inner else text).split("|")]
+        parts = [part for part in parts if part not in ("None", "NoneType")]
+        if len(parts) == 1 and parts[0] in OPTION_VALUE_TYPES:
+            return OPTION_VALUE_TYPES[parts[0]]
+        literal = re.fullmatch(r"(?:typing\.)?Literal\[(.+)\]", parts[0]) if len(parts) == 1 else None
+        if literal:
+            first = literal.group(1).split(",")[0].strip()
+            return str if first[:1] in "'\"" else float if "." in first else int
+        return str
+    origin = typing.get_origin(declared)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [kind for kind in typing.get_args(declared) if kind is not type(None)]
+        return option_value_type(kinds[0]) if len(kinds) == 1 else str
+    if origin is typing.Literal:
+        return type(typing.get_args(declared)[0])
+    return declared if declared in OPTION_VALUE_TYPES.values() else str
+
+
+def parse_option_value(name: str, value, declared):
+    """`value` (text, e.g. from a command line or `nat-hf bench`'s `key=value`, or an already parsed number) as the
+    option's declared type (`option_value_type`): `1` for a float option is `1.0`; a bool reads true/false/1/0.
+    ValueError naming the option when the text is no such value."""
+    kind = option_value_type(declared)
+    text = value if isinstance(value, str) else str(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{name} must be true or false, got {text!r}")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{name} must be an integer, got {text!r}") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {text!r}") from None
+    return text
+
+
+def typed_decoding_options(model, options: dict) -> dict:
+    """`options` with the NAT model's method options converted to their declared types (`parse_option_value`);
+    other options, and every option of a model without a NAT method (an AR model), unchanged."""
+    method = getattr(model, "nat_method", None)
+    if not hasattr(method, "option_help"):
+        return dict(options)
+    declared = {name: kind for name, (kind, _) in method.option_help().items()}
+    return {name: parse_option_value(name, value, declared[name]) if name in declared else value
+            for name, value in options.items()}
 
 
 @dataclass(frozen=True)

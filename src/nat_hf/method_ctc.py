@@ -4,20 +4,24 @@ Libovicky & Helcl (2018) and Saharia et al. (2020): the decoder runs on `ratio x
 predicting a token or a `blank`; an output is read off an alignment by merging adjacent repeats and then removing
 blanks, and training maximises the sum over all alignments that collapse to the reference. No length predictor.
 
-This file holds the pieces that do not need the model: the upsampled decoder length, the loss (a wrapper of
+First the pieces that do not need the model: the upsampled decoder length, the loss (a wrapper of
 `torch.nn.functional.ctc_loss` that skips and counts targets that cannot fit), the collapse, the most probable
-alignment (a batched Viterbi, used for glancing on CTC) and greedy decoding. Shapes: `B` batch, `L` decoder
-(alignment) positions, `V` vocabulary (blank included), `T` target tokens.
+alignment (a batched Viterbi, used for glancing on CTC) and greedy decoding. Then the method itself, `CTCMethod`
+(registered as `ctc` in `methods.py`): its options, config rules, loss (optionally with glancing on the best
+alignment, Gu & Kong, 2021) and one-pass greedy decoding. Shapes: `B` batch, `L` decoder (alignment) positions,
+`V` vocabulary (blank included), `T` target tokens.
 """
-
-from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from .method_base import Hypotheses, LossOutput, NATMethod, check_finite, predict_tokens, special_token_ids
+from .method_glat import GlancingOptions, glancing_reveal
 
 
 class CTCLossOutput(NamedTuple):
@@ -344,3 +348,152 @@ def ctc_greedy_decode(
     mean = torch.where(valid, best, 0.0).sum(dim=1) / lengths.clamp(min=1).to(best.dtype)
     tokens, out_lengths = ctc_collapse(labels, lengths, blank, pad)
     return CTCHypotheses(tokens, out_lengths, mean)
+
+
+# ------------------------------------------------------------------------------------------------ the method
+@dataclass
+class CTCTrainingOptions(GlancingOptions):
+    """The `ctc` method's training options (in `NATConfig.method_options`): the upsampling ratio, and the glancing
+    schedule of `GlancingOptions` (off by default: start ratio 0; GLAT+CTC when set, Gu & Kong, 2021)."""
+
+    upsample_ratio: float = 3.0  # decoder positions per source token (end-of-sentence included); Libovicky: 3
+
+    def validate(self, config=None) -> None:
+        """ValueError naming the option. The ratio must be a finite number >= 1: CTC emits at most one token per
+        decoder position, so a decoder shorter than its source could not fit targets about as long as their
+        source, and they would all be skipped."""
+        super().validate(config)
+        ratio = self.upsample_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 1:
+            raise ValueError(f"NATConfig: method_options `upsample_ratio` must be a finite number >= 1 (CTC emits "
+                             f"at most one token per decoder position), got {ratio!r}")
+        self.upsample_ratio = float(ratio)
+
+
+CTC_DECODING_STRATEGIES = ("greedy",)
+
+
+@dataclass
+class CTCOptions:
+    """Decoding options of `ctc` (a model's `generation_config` holds its defaults)."""
+
+    decoding_strategy: str = field(default="greedy", metadata={"help": "CTC decoding (ctc: greedy)"})
+
+    def validate(self, config=None) -> None:
+        """ValueError naming the option when it is malformed."""
+        if not isinstance(self.decoding_strategy, str) or self.decoding_strategy not in CTC_DECODING_STRATEGIES:
+            raise ValueError(f"decoding_strategy must be one of {list(CTC_DECODING_STRATEGIES)} with method 'ctc', "
+                             f"got {self.decoding_strategy!r}")
+
+
+class CTCMethod(NATMethod):
+    """CTC NAT (Libovicky & Helcl, 2018; Saharia et al., 2020): the decoder runs on `ceil(upsample_ratio x source
+    length)` positions (end-of-sentence counted) fed with `<mask>` ids (a copy-mode decoder copies the source
+    there), each position predicts a token or the blank, and the loss sums over every alignment that collapses to
+    the reference (`ctc_loss`). No length predictor: the output length is what the collapse leaves. Decoding is one
+    pass: the best label per position, then `ctc_collapse`.
+
+    The blank: `config.blank_token_id` must be set. The Multi30k teacher's vocabulary has none, so the training
+    code appends one (id = the teacher's vocabulary size, the embedding grown by one row).
+
+    Glancing (GLAT+CTC, Gu & Kong, 2021, "Fully Non-autoregressive Neural Machine Translation"), when the ratio of
+    `GlancingOptions` is > 0: a first pass without gradient, the most probable alignment of the reference under it
+    (`ctc_best_alignment`), its Hamming distance d to the first pass's argmax labels, and `round(ratio x d)`
+    positions (uniformly at random) whose aligned label (blank included) becomes the second pass's decoder input;
+    the CTC loss of the second pass covers the whole sequence."""
+
+    name = "ctc"
+    Options = CTCOptions
+    TrainingOptions = CTCTrainingOptions
+
+    def validate_config(self, config) -> None:
+        """A blank token, and a decoder long enough for the upsampled longest source (ValueError naming them)."""
+        if config.blank_token_id is None:
+            raise ValueError("NATConfig: `blank_token_id` must be set with objective 'ctc' (the teacher's vocabulary "
+                             "has no blank: append one, e.g. id = vocabulary size, and grow vocab_size by one)")
+        ratio = self.training_options(config).upsample_ratio
+        needed = math.ceil(ratio * config.max_source_positions - 1e-9)  # as `upsampled_lengths` rounds
+        if config.max_target_positions < needed:
+            raise ValueError(
+                f"NATConfig: `max_target_positions` ({config.max_target_positions}) must be >= upsample_ratio "
+                f"({ratio}) x `max_source_positions` ({config.max_source_positions}) = {needed} with objective "
+                "'ctc', so that every accepted source fits its decoder"
+            )
+
+    def is_single_pass(self, options: dict) -> bool:
+        return True
+
+    def excluded_ids(self, config) -> list[int]:
+        """Ids no position predicts: the special tokens except the blank."""
+        return [i for i in special_token_ids(config) if i != config.blank_token_id]
+
+    def plan(self, config, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder plan of a source batch (`attention_mask` `[batch, source_len]` bool): vertex counts
+        `[batch]` (upsampled source lengths, end-of-sentence included), their bool mask `[batch, positions]` and
+        the decoder input ids `[batch, positions]` (all `<mask>`)."""
+        ratio = self.training_options(config).upsample_ratio
+        lengths = upsampled_lengths(attention_mask.sum(-1), ratio, config.max_target_positions)
+        width = max(int(lengths.max()), 1) if lengths.numel() else 1
+        positions_mask = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+        decoder_input_ids = torch.full(positions_mask.shape, config.mask_token_id, dtype=torch.long,
+                                       device=lengths.device)
+        return lengths, positions_mask, decoder_input_ids
+
+    def loss(self, model, context, target: torch.Tensor, target_mask: torch.Tensor, step: int | None = None
+             ) -> LossOutput:
+        """CTC loss of the reference over the upsampled positions (term `token`); `counts["skipped_targets"]`
+        counts the rows left out because their target cannot fit (never a NaN or infinite loss)."""
+        config = model.config
+        blank = config.blank_token_id
+        lengths, positions_mask, decoder_input_ids = self.plan(config, context.attention_mask)
+        target_lengths = target_mask.sum(-1)
+        ratio = self.training_options(config).glancing_ratio(step) if model.training else 0.0  # eval: one pass
+        if ratio > 0:
+            with torch.no_grad():
+                first = model.lm_head(model.model.decode(decoder_input_ids, positions_mask, context))
+                first_logprobs = first.float().log_softmax(-1)  # [batch, positions, vocab]
+                predicted = first_logprobs.clone()
+                predicted[..., self.excluded_ids(config)] = float("-inf")
+                predicted = predicted.argmax(-1)  # [batch, positions], blank allowed
+                best = ctc_best_alignment(first_logprobs, lengths, target, target_lengths, blank)
+                candidates = positions_mask & best.feasible[:, None]
+                mismatches = (predicted != best.alignment) & candidates
+                revealed = glancing_reveal(mismatches, candidates, ratio)
+                decoder_input_ids = torch.where(revealed, best.alignment, decoder_input_ids)
+        logits = model.decoder_logits(decoder_input_ids, positions_mask, context)  # [batch, positions, vocab]
+        result = ctc_loss(logits.float().log_softmax(-1), lengths, target, target_lengths, blank)
+        return LossOutput(total=result.loss, terms={"token": result.loss}, logits=logits,
+                          counts={"skipped_targets": torch.tensor(result.skipped, device=logits.device)})
+
+    def decode(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, options: dict,
+               forced_lengths: torch.Tensor | None = None) -> Hypotheses:
+        """One pass: the encoder once, the decoder over the upsampled positions, the best label per position
+        (special tokens but the blank excluded; the projection chunked by `predict_tokens`), `ctc_collapse`, the
+        output cut to `options["max_length"]` tokens. Score: the mean log-probability of the chosen labels over
+        the row's positions. A source holding only end-of-sentence gets an empty translation. `forced_lengths`
+        raises ValueError: CTC plans no output length (it is what the collapse leaves)."""
+        if forced_lengths is not None:
+            raise ValueError("forced_lengths does not apply to method 'ctc': its output length is what the collapse "
+                             "of the upsampled positions leaves, not a planned length")
+        config = model.config
+        lengths, positions_mask, decoder_input_ids = self.plan(config, attention_mask)
+        encoder_hidden_states = model.model.encode(input_ids, attention_mask)
+        context = model.model.make_context(input_ids, attention_mask, encoder_hidden_states)
+        hidden = model.model.decode(decoder_input_ids, positions_mask, context)
+        labels, label_scores = predict_tokens(hidden, model.lm_head, self.excluded_ids(config),
+                                              with_scores=options["return_dict_in_generate"])
+        scores = torch.where(positions_mask, label_scores, 0.0).sum(-1) / lengths.clamp(min=1)  # [batch]
+        check_finite({"token scores": scores})  # the one check on values: raises rather than return garbage
+        tokens, out_lengths = ctc_collapse(labels, lengths, config.blank_token_id, config.pad_token_id)
+        empty_source = (attention_mask & (input_ids != config.eos_token_id)).sum(-1) == 0  # [batch]
+        out_lengths = out_lengths.clamp(max=options["max_length"]).masked_fill(empty_source, 0)
+        scores = scores.masked_fill(empty_source, 0.0)
+        return Hypotheses(tokens=tokens, lengths=out_lengths, scores=scores)
+
+    def timing_pass(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One encoder pass and one decoder pass with output projection over the upsampled positions; returns the
+        argmax labels (no collapse, no bookkeeping)."""
+        _, positions_mask, decoder_input_ids = self.plan(model.config, attention_mask)
+        hidden = model.model.encode(input_ids, attention_mask)
+        context = model.model.make_context(input_ids, attention_mask, hidden)
+        return model.decoder_logits(decoder_input_ids, positions_mask, context).argmax(-1)

@@ -1,4 +1,4 @@
-"""DA-Transformer (directed acyclic graph) math: link scorer, DAG loss, best alignment and decodings.
+"""The `dag` method (DA-Transformer) and its math: link scorer, DAG loss, best alignment and decodings.
 
 Huang et al., 2022, "Directed Acyclic Transformer for Non-Autoregressive Machine Translation". The decoder's L
 (upsampled) positions are the vertices of a DAG; a translation is a path from vertex 0 to the row's last vertex
@@ -11,27 +11,51 @@ Conventions (shapes): B batch, L padded vertex count, T padded target length, V 
   (the functions mask everything else themselves, so any finite filler is harmless).
 - ``emission_logprobs [B, L, T]``: ``log P(y_j | vertex v)``, see :func:`target_emissions`.
 - ``vertex_lengths [B]`` (L_b) and ``target_lengths [B]`` (T_b): row lengths, right padding.
-"""
 
-from __future__ import annotations
+The method (:class:`DAGMethod`, registry row ``"dag"``): ``L_b = ceil(upsample_ratio x source length)`` vertices
+(``method_ctc.upsampled_lengths``), the link scorer registered as ``model.model.link_scorer``, vertex 0 and the
+last vertex as the graph's start and end (:func:`bracketed_emissions`), optional glancing on the reference's best
+path (``method_glat``), and one-pass greedy / lookahead / Viterbi decoding from each vertex's best token
+(:func:`dag_walk`, :func:`dag_viterbi_best`; never a ``[B, L, V]`` log-prob tensor).
+"""
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .method_base import (
+    Hypotheses,
+    LossOutput,
+    NATMethod,
+    check_finite,
+    check_integer,
+    predict_tokens,
+    special_token_ids,
+)
+from .method_ctc import upsampled_lengths
+from .method_glat import GlancingOptions, glancing_reveal
+
 __all__ = [
     "DAGDecodeOutput",
+    "DAGDecodingOptions",
     "DAGLinkScorer",
+    "DAGMethod",
+    "DAGTrainingOptions",
+    "bracketed_emissions",
     "dag_best_alignment",
     "dag_greedy",
     "dag_log_likelihood",
     "dag_lookahead",
     "dag_loss",
     "dag_viterbi",
+    "dag_viterbi_best",
+    "dag_walk",
     "link_mask",
+    "path_log_probability",
     "target_emissions",
 ]
 
@@ -312,12 +336,25 @@ def _check_decode_inputs(token_logprobs: torch.Tensor, link_logprobs: torch.Tens
                          vertex_lengths: torch.Tensor) -> torch.Tensor:
     if token_logprobs.dim() != 3:
         raise ValueError(f"token_logprobs must have shape [B, L, V], got {tuple(token_logprobs.shape)}")
-    batch, vertices, _ = token_logprobs.shape
+    return _check_best_inputs(token_logprobs[..., 0], link_logprobs, vertex_lengths)
+
+
+def _check_best_inputs(vertex_scores: torch.Tensor, link_logprobs: torch.Tensor,
+                       vertex_lengths: torch.Tensor) -> torch.Tensor:
+    if vertex_scores.dim() != 2:
+        raise ValueError(f"vertex_scores must have shape [B, L], got {tuple(vertex_scores.shape)}")
+    batch, vertices = vertex_scores.shape
     _check_links(link_logprobs, batch, vertices)
     vertex_lengths = _check_lengths("vertex_lengths", vertex_lengths, batch, vertices)
     if batch and int(vertex_lengths.min()) < 1:
         raise ValueError(f"every row needs at least one vertex to decode, got vertex_lengths {vertex_lengths.tolist()}")
     return vertex_lengths
+
+
+def _check_vertex_tokens(vertex_scores: torch.Tensor, vertex_tokens: torch.Tensor) -> None:
+    if vertex_tokens.shape != vertex_scores.shape:
+        raise ValueError(f"vertex_tokens must have the shape of vertex_scores {tuple(vertex_scores.shape)}, got "
+                         f"{tuple(vertex_tokens.shape)}")
 
 
 def _collect(vertices: torch.Tensor, tokens_per_vertex: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor,
@@ -330,15 +367,24 @@ def _collect(vertices: torch.Tensor, tokens_per_vertex: torch.Tensor, lengths: t
     return DAGDecodeOutput(tokens, lengths, scores, torch.where(valid, vertices, torch.full_like(vertices, -1)))
 
 
-def _walk(token_logprobs: torch.Tensor, link_logprobs: torch.Tensor, vertex_lengths: torch.Tensor,
-          exclude_ids: Sequence[int], pad_token_id: int, lookahead_weight: float | None) -> DAGDecodeOutput:
-    vertex_lengths = _check_decode_inputs(token_logprobs, link_logprobs, vertex_lengths)
-    batch, count, _ = token_logprobs.shape
-    dtype = _compute_dtype(token_logprobs)
-    token_scores, tokens = _best_tokens(token_logprobs.to(dtype), exclude_ids)  # [B, L]
+def dag_walk(vertex_scores: torch.Tensor, vertex_tokens: torch.Tensor, link_logprobs: torch.Tensor,
+             vertex_lengths: torch.Tensor, pad_token_id: int = 0,
+             lookahead_weight: float | None = None) -> DAGDecodeOutput:
+    """Greedy (``lookahead_weight=None``) or lookahead walk from each vertex's best token, the core of
+    :func:`dag_greedy` / :func:`dag_lookahead` that decoding uses (no ``[B, L, V]`` tensor needed).
+
+    ``vertex_scores [B, L]`` (log-prob of the best allowed token of each vertex), ``vertex_tokens [B, L]`` (that
+    token), ``link_logprobs [B, L, L]``, ``vertex_lengths [B]``. From vertex 0 the next vertex maximises
+    ``link[u, v]`` (greedy) or ``link[u, v] + lookahead_weight * vertex_scores[v]`` (lookahead) until the row's last
+    vertex; ``scores`` is the path's summed link + token log-prob."""
+    vertex_lengths = _check_best_inputs(vertex_scores, link_logprobs, vertex_lengths)
+    _check_vertex_tokens(vertex_scores, vertex_tokens)
+    batch, count = vertex_scores.shape
+    dtype = _compute_dtype(vertex_scores)
+    token_scores = vertex_scores.to(dtype)
     links = _masked_links(link_logprobs, vertex_lengths, dtype)
-    choice = links if lookahead_weight is None else links + lookahead_weight * token_scores[:, None, :]
-    device = token_logprobs.device
+    choice = links if lookahead_weight is None else links + float(lookahead_weight) * token_scores[:, None, :]
+    device = vertex_scores.device
     rows = torch.arange(batch, device=device)
     last = vertex_lengths - 1
     current = torch.zeros(batch, dtype=torch.long, device=device)
@@ -360,7 +406,7 @@ def _walk(token_logprobs: torch.Tensor, link_logprobs: torch.Tensor, vertex_leng
         path[:, step] = torch.where(active, nxt, path[:, step])
         lengths = lengths + active.long()
         current = nxt
-    return _collect(path, tokens, lengths, scores, pad_token_id)
+    return _collect(path, vertex_tokens, lengths, scores, pad_token_id)
 
 
 def dag_greedy(token_logprobs: torch.Tensor, link_logprobs: torch.Tensor, vertex_lengths: torch.Tensor,
@@ -368,33 +414,37 @@ def dag_greedy(token_logprobs: torch.Tensor, link_logprobs: torch.Tensor, vertex
     """From vertex 0 follow the most probable link until the row's last vertex; emit the best non-excluded token
     of each visited vertex. ``token_logprobs [B, L, V]``, ``link_logprobs [B, L, L]``, ``vertex_lengths [B]``;
     ``scores`` is the path's summed link + token log-prob."""
-    return _walk(token_logprobs, link_logprobs, vertex_lengths, exclude_ids, pad_token_id, None)
+    _check_decode_inputs(token_logprobs, link_logprobs, vertex_lengths)
+    scores, tokens = _best_tokens(token_logprobs.to(_compute_dtype(token_logprobs)), exclude_ids)
+    return dag_walk(scores, tokens, link_logprobs, vertex_lengths, pad_token_id, None)
 
 
 def dag_lookahead(token_logprobs: torch.Tensor, link_logprobs: torch.Tensor, vertex_lengths: torch.Tensor,
                   exclude_ids: Sequence[int] = (), pad_token_id: int = 0, token_weight: float = 1.0) -> DAGDecodeOutput:
     """Like :func:`dag_greedy`, but the next vertex maximises ``link[u, v] + token_weight * best_token_logprob[v]``
     (DA-Transformer's lookahead decoding; ``token_weight`` is its beta, 1 in the paper)."""
-    return _walk(token_logprobs, link_logprobs, vertex_lengths, exclude_ids, pad_token_id, float(token_weight))
+    _check_decode_inputs(token_logprobs, link_logprobs, vertex_lengths)
+    scores, tokens = _best_tokens(token_logprobs.to(_compute_dtype(token_logprobs)), exclude_ids)
+    return dag_walk(scores, tokens, link_logprobs, vertex_lengths, pad_token_id, float(token_weight))
 
 
-def dag_viterbi(token_logprobs: torch.Tensor, link_logprobs: torch.Tensor, vertex_lengths: torch.Tensor,
-                length_penalty_exponent: float = 1.0, exclude_ids: Sequence[int] = (),
-                pad_token_id: int = 0) -> DAGDecodeOutput:
-    """The path from vertex 0 to the row's last vertex maximising ``(sum of link and best-token log-probs) /
-    n ** length_penalty_exponent`` over every path and every length ``n`` (visited vertices = output tokens).
+def dag_viterbi_best(vertex_scores: torch.Tensor, vertex_tokens: torch.Tensor, link_logprobs: torch.Tensor,
+                     vertex_lengths: torch.Tensor, length_penalty_exponent: float = 1.0,
+                     pad_token_id: int = 0) -> DAGDecodeOutput:
+    """The core of :func:`dag_viterbi` from each vertex's best token (``vertex_scores [B, L]``, ``vertex_tokens
+    [B, L]``): the path from vertex 0 to the row's last vertex maximising ``(sum of link and token log-probs) /
+    n ** length_penalty_exponent`` over every path and length ``n``.
 
-    Each vertex's token is fixed first (best non-excluded token); ``g[n][v] = max_u g[n-1][u] + link[u, v] +
-    s[v]`` is the best ``n``-vertex path ending at ``v``; the best ``n`` per row is picked after the DP and the
-    path is read back through the stored back-pointers. ``token_logprobs [B, L, V]`` -> :class:`DAGDecodeOutput`.
-    """
-    vertex_lengths = _check_decode_inputs(token_logprobs, link_logprobs, vertex_lengths)
+    ``g[n][v] = max_u g[n-1][u] + link[u, v] + s[v]`` is the best ``n``-vertex path ending at ``v``; the best ``n``
+    per row is picked after the DP and the path is read back through the stored back-pointers."""
+    vertex_lengths = _check_best_inputs(vertex_scores, link_logprobs, vertex_lengths)
+    _check_vertex_tokens(vertex_scores, vertex_tokens)
     if not math.isfinite(length_penalty_exponent):
         raise ValueError(f"length_penalty_exponent must be finite, got {length_penalty_exponent}")
-    batch, count, _ = token_logprobs.shape
-    dtype = _compute_dtype(token_logprobs)
-    device = token_logprobs.device
-    token_scores, tokens = _best_tokens(token_logprobs.to(dtype), exclude_ids)
+    batch, count = vertex_scores.shape
+    dtype = _compute_dtype(vertex_scores)
+    device = vertex_scores.device
+    token_scores = vertex_scores.to(dtype)
     links = _masked_links(link_logprobs, vertex_lengths, dtype)
     g = torch.full((batch, count), NEG_INF, dtype=dtype, device=device)
     g[:, 0] = token_scores[:, 0]
@@ -419,4 +469,243 @@ def dag_viterbi(token_logprobs: torch.Tensor, link_logprobs: torch.Tensor, verte
         if i > 0:
             previous = pointers[i - 1].gather(1, current[:, None]).squeeze(1)
             current = torch.where(active, previous, current)
-    return _collect(path, tokens, lengths, scores, pad_token_id)
+    return _collect(path, vertex_tokens, lengths, scores, pad_token_id)
+
+
+def dag_viterbi(token_logprobs: torch.Tensor, link_logprobs: torch.Tensor, vertex_lengths: torch.Tensor,
+                length_penalty_exponent: float = 1.0, exclude_ids: Sequence[int] = (),
+                pad_token_id: int = 0) -> DAGDecodeOutput:
+    """The path from vertex 0 to the row's last vertex maximising ``(sum of link and best-token log-probs) /
+    n ** length_penalty_exponent`` over every path and every length ``n`` (visited vertices = output tokens).
+
+    Each vertex's token is fixed first (best non-excluded token), then :func:`dag_viterbi_best`.
+    ``token_logprobs [B, L, V]`` -> :class:`DAGDecodeOutput`.
+    """
+    _check_decode_inputs(token_logprobs, link_logprobs, vertex_lengths)
+    if not math.isfinite(length_penalty_exponent):
+        raise ValueError(f"length_penalty_exponent must be finite, got {length_penalty_exponent}")
+    scores, tokens = _best_tokens(token_logprobs.to(_compute_dtype(token_logprobs)), exclude_ids)
+    return dag_viterbi_best(scores, tokens, link_logprobs, vertex_lengths, length_penalty_exponent, pad_token_id)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the `dag` method
+
+
+@dataclass
+class DAGTrainingOptions(GlancingOptions):
+    """DA-Transformer's training options (in `NATConfig.method_options`): the glancing schedule (off by default;
+    glancing reveals reference tokens at the vertices of their best path), the vertices per source token and the
+    heads of the gated link scorer."""
+
+    upsample_ratio: float = 4.0  # decoder vertices per source token (end-of-sentence included); 8 in the paper
+    link_heads: int = 4  # heads of `DAGLinkScorer` (must divide d_model)
+
+    def validate(self, config=None) -> None:
+        """ValueError naming the option."""
+        super().validate(config)
+        ratio = self.upsample_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
+            raise ValueError(f"NATConfig: method_options `upsample_ratio` must be a finite number > 0, got {ratio!r}")
+        self.upsample_ratio = float(ratio)
+        try:
+            self.link_heads = check_integer("link_heads", self.link_heads, 1)
+        except ValueError:
+            raise ValueError(f"NATConfig: method_options `link_heads` must be an integer >= 1, got "
+                             f"{self.link_heads!r}") from None
+
+
+DAG_DECODING_STRATEGIES = ("greedy", "lookahead", "viterbi")
+
+
+def _check_number(name: str, value, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class DAGDecodingOptions:
+    """Decoding options of DA-Transformer (a model's `generation_config` holds its defaults)."""
+
+    decoding_strategy: str = field(default="lookahead", metadata={
+        "help": "path through the DAG (DAG: greedy, lookahead or viterbi)"})
+    viterbi_length_exponent: float = field(default=1.0, metadata={
+        "help": "Viterbi length normalisation: path score / length ** exponent (DAG)"})
+    lookahead_weight: float = field(default=1.0, metadata={
+        "help": "lookahead's weight of the next vertex's token log-probability (DAG, beta)"})
+
+    def validate(self, config=None) -> None:
+        """ValueError naming the option when it is malformed."""
+        if not isinstance(self.decoding_strategy, str) or self.decoding_strategy not in DAG_DECODING_STRATEGIES:
+            raise ValueError(f"decoding_strategy must be one of {list(DAG_DECODING_STRATEGIES)}, "
+                             f"got {self.decoding_strategy!r}")
+        self.viterbi_length_exponent = _check_number("viterbi_length_exponent", self.viterbi_length_exponent)
+        self.lookahead_weight = _check_number("lookahead_weight", self.lookahead_weight, 0.0)
+
+
+def bracketed_emissions(emissions: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """``emissions [B, L, T]`` of the target tokens -> ``[B, L, T + 2]``: a start column before them and an end
+    column after each row's last token, both 0 (log 1), padding columns 0 too.
+
+    As in DA-Transformer, whose graph emits ``<bos>`` at vertex 0 and ``<eos>`` at the last vertex, a path's first
+    and last vertices are the graph's fixed ends and the target's tokens lie on the vertices in between. The ends
+    emit nothing here (probability 1): the first and last target tokens are chosen by links, which is what lets a
+    graph hold several modes (e.g. ascending or descending order) that share no vertex. A row of ``T_b`` tokens
+    takes ``T_b + 2`` vertices."""
+    inner = emissions.masked_fill(~target_mask[:, None, :], 0.0)
+    return torch.nn.functional.pad(inner, (1, 1))
+
+
+class DAGMethod(NATMethod):
+    """DA-Transformer (Huang et al., 2022): the decoder runs over `ceil(upsample_ratio x source length)` vertices
+    (`<mask>` inputs, or the copied source in copy mode); `model.model.link_scorer` gives the links between them.
+    Vertex 0 and each row's last vertex are the graph's start and end (DA-Transformer's `<bos>` / `<eos>`, here
+    emitting nothing: :func:`bracketed_emissions`); a target of T tokens is a path through T vertices between
+    them. The loss is `-log P(y | x) / (T + 2)` summed over every path (:func:`dag_loss` on the bracketed
+    emissions; no label smoothing), targets longer than `vertices - 2` skipped and counted. Decoding is one pass:
+    greedy, lookahead (default) or Viterbi over the same graph, the ends' tokens dropped."""
+
+    name = "dag"
+    Options = DAGDecodingOptions
+    TrainingOptions = DAGTrainingOptions
+
+    def validate_config(self, config) -> None:
+        options = self.training_options(config)
+        if config.d_model % options.link_heads:
+            raise ValueError(f"NATConfig: method_options `link_heads` ({options.link_heads}) must divide `d_model` "
+                             f"({config.d_model})")
+        needed = math.ceil(options.upsample_ratio * config.max_source_positions - 1e-9)
+        if config.max_target_positions < needed:
+            raise ValueError(f"NATConfig: `max_target_positions` ({config.max_target_positions}) must be >= "
+                             f"upsample_ratio ({options.upsample_ratio}) x `max_source_positions` "
+                             f"({config.max_source_positions}) = {needed}: the DAG's vertices are decoder positions")
+
+    def heads(self, config) -> dict[str, nn.Module]:
+        return {"link_scorer": DAGLinkScorer(config.d_model, self.training_options(config).link_heads)}
+
+    def is_single_pass(self, options: dict) -> bool:
+        return True
+
+    def plan_vertices(self, model, context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder plan: vertex counts `[B]` (`ceil(ratio x source length)`, end-of-sentence included), the
+        vertex mask `[B, L]` and `<mask>` decoder inputs `[B, L]` over the vertices."""
+        config = model.config
+        ratio = self.training_options(config).upsample_ratio
+        vertex_lengths = upsampled_lengths(context.attention_mask.sum(-1), ratio, config.max_target_positions)
+        count = max(int(vertex_lengths.max()), 1)
+        vertex_mask = torch.arange(count, device=vertex_lengths.device)[None, :] < vertex_lengths[:, None]
+        decoder_input_ids = torch.full(vertex_mask.shape, config.mask_token_id, dtype=torch.long,
+                                       device=vertex_lengths.device)
+        return vertex_lengths, vertex_mask, decoder_input_ids
+
+    def graph(self, model, decoder_input_ids: torch.Tensor, vertex_mask: torch.Tensor, context
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decoder pass: hidden states `[B, L, d]`, logits `[B, L, V]` and link log-probs `[B, L, L]`."""
+        hidden = model.model.decode(decoder_input_ids, vertex_mask, context)
+        return hidden, model.lm_head(hidden), model.model.link_scorer(hidden, vertex_mask)
+
+    def loss(self, model, context, target: torch.Tensor, target_mask: torch.Tensor, step: int | None = None
+             ) -> LossOutput:
+        """The DAG loss (mean over kept rows of `-log P(y | x) / (T + 2)`), term `token`; count `skipped_targets`
+        (rows whose `T + 2` exceeds their vertices).
+
+        With a glancing ratio > 0 (`GlancingOptions` schedule at `step`), a first pass without gradient finds the
+        most probable path of the reference (`dag_best_alignment`); the reference tokens whose vertex predicts
+        another token are the mismatches, `round(ratio x mismatches)` reference tokens are revealed as decoder
+        inputs at their vertices (`<mask>` elsewhere) for the second pass, which gives the loss (DA-Transformer's
+        glancing on the path)."""
+        config = model.config
+        vertex_lengths, vertex_mask, decoder_input_ids = self.plan_vertices(model, context)
+        target_lengths = target_mask.sum(-1)
+        target = target.masked_fill(~target_mask, config.pad_token_id)  # any valid id on padding
+        ratio = self.training_options(config).glancing_ratio(step) if model.training else 0.0  # eval: one pass
+        if ratio > 0:
+            with torch.no_grad():
+                hidden, logits, links = self.graph(model, decoder_input_ids, vertex_mask, context)
+                emissions = bracketed_emissions(target_emissions(torch.log_softmax(logits.float(), dim=-1), target),
+                                                target_mask)
+                path, _ = dag_best_alignment(emissions, links, vertex_lengths, target_lengths + 2)
+                path = path[:, 1:-1]  # [B, T] the vertex of each target token (-1: padding, infeasible row)
+                predicted, _ = predict_tokens(hidden, model.lm_head, special_token_ids(config), with_scores=False)
+                aligned = path >= 0  # on target positions of feasible rows
+                at_path = predicted.gather(1, path.clamp(min=0))  # [B, T]
+                revealed = glancing_reveal((at_path != target) & aligned, target_mask & aligned, ratio)
+                count = decoder_input_ids.shape[1]
+                slots = torch.where(revealed, path, count)  # unrevealed tokens go to a discarded extra column
+                extended = torch.cat([decoder_input_ids, decoder_input_ids[:, :1]], dim=1)
+                decoder_input_ids = extended.scatter(1, slots, torch.where(revealed, target, config.mask_token_id)
+                                                     )[:, :count]
+        _, logits, links = self.graph(model, decoder_input_ids, vertex_mask, context)
+        emissions = bracketed_emissions(target_emissions(torch.log_softmax(logits.float(), dim=-1), target),
+                                        target_mask)
+        token_loss, skipped = dag_loss(emissions, links, vertex_lengths, target_lengths + 2)
+        return LossOutput(total=token_loss, terms={"token": token_loss}, logits=logits,
+                          counts={"skipped_targets": skipped})
+
+    def decode(self, model, input_ids, attention_mask, options, forced_lengths=None) -> Hypotheses:
+        """Encoder once, one decoder pass over the vertices, each vertex's best token (special ids excluded; the
+        projection runs in bounded chunks, `method_base.predict_tokens`), the links, then the path of
+        `decoding_strategy` from vertex 0 to the last vertex (the ends score 0 and their tokens are dropped:
+        :func:`bracketed_emissions`; Viterbi's length counts every visited vertex). The score is the path's
+        log-probability (links and tokens) per visited vertex, before truncation to `max_length` tokens."""
+        if forced_lengths is not None:
+            raise ValueError("forced_lengths does not apply to method 'dag': its output length is the length of the "
+                             "decoded path")
+        config = model.config
+        encoder_hidden_states = model.model.encode(input_ids, attention_mask)
+        context = model.model.make_context(input_ids, attention_mask, encoder_hidden_states)
+        vertex_lengths, vertex_mask, decoder_input_ids = self.plan_vertices(model, context)
+        tokens, scores, links = self.vertex_predictions(model, decoder_input_ids, vertex_mask, vertex_lengths,
+                                                        context)
+        allowed = link_mask(vertex_lengths, vertex_mask.shape[1])
+        check_finite({"link scores": links.masked_fill(~allowed, 0.0),
+                      "token scores": scores.masked_fill(~vertex_mask, 0.0)})
+        strategy = options["decoding_strategy"]
+        if strategy == "viterbi":
+            out = dag_viterbi_best(scores, tokens, links, vertex_lengths, options["viterbi_length_exponent"],
+                                   config.pad_token_id)
+        else:
+            weight = options["lookahead_weight"] if strategy == "lookahead" else None
+            out = dag_walk(scores, tokens, links, vertex_lengths, config.pad_token_id, weight)
+        mean = path_log_probability(scores, links, out.vertices) / out.lengths.clamp(min=1)
+        empty_source = (attention_mask & (input_ids != config.eos_token_id)).sum(-1) == 0
+        lengths = (out.lengths - 2).clamp(min=0, max=options["max_length"]).masked_fill(empty_source, 0)
+        return Hypotheses(tokens=out.tokens[:, 1:], lengths=lengths, scores=mean)
+
+    def vertex_predictions(self, model, decoder_input_ids: torch.Tensor, vertex_mask: torch.Tensor,
+                           vertex_lengths: torch.Tensor, context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decoder pass: each vertex's best token and its log-prob `[B, L]` (0 at the graph's ends, which emit
+        nothing) and the links `[B, L, L]`."""
+        hidden = model.model.decode(decoder_input_ids, vertex_mask, context)
+        tokens, scores = predict_tokens(hidden, model.lm_head, special_token_ids(model.config))  # [B, L] each
+        positions = torch.arange(vertex_mask.shape[1], device=vertex_mask.device)[None, :]
+        ends = (positions == 0) | (positions == (vertex_lengths - 1)[:, None])
+        return tokens, scores.masked_fill(ends, 0.0), model.model.link_scorer(hidden, vertex_mask)
+
+    def timing_pass(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Encoder, one decoder pass over the vertices, per-vertex best tokens, links and the lookahead walk;
+        returns the path's tokens."""
+        encoder_hidden_states = model.model.encode(input_ids, attention_mask)
+        context = model.model.make_context(input_ids, attention_mask, encoder_hidden_states)
+        vertex_lengths, vertex_mask, decoder_input_ids = self.plan_vertices(model, context)
+        tokens, scores, links = self.vertex_predictions(model, decoder_input_ids, vertex_mask, vertex_lengths,
+                                                        context)
+        return dag_walk(scores, tokens, links, vertex_lengths, model.config.pad_token_id, 1.0).tokens[:, 1:]
+
+
+def path_log_probability(vertex_scores: torch.Tensor, link_logprobs: torch.Tensor, vertices: torch.Tensor
+                         ) -> torch.Tensor:
+    """Summed token and link log-probs of each path: ``vertex_scores [B, L]``, ``link_logprobs [B, L, L]``,
+    ``vertices [B, N]`` (visited vertices, -1 padded) -> ``[B]``."""
+    valid = vertices >= 0
+    safe = vertices.clamp(min=0)
+    tokens = torch.where(valid, vertex_scores.gather(1, safe), 0.0).sum(-1)
+    if vertices.shape[1] < 2:
+        return tokens
+    steps = valid[:, 1:]
+    link = link_logprobs.gather(1, safe[:, :-1, None].expand(-1, -1, link_logprobs.shape[2]))  # [B, N-1, L]
+    link = link.gather(2, safe[:, 1:, None]).squeeze(-1)  # [B, N-1]
+    return tokens + torch.where(steps, link, 0.0).sum(-1)

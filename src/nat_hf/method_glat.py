@@ -7,12 +7,14 @@ sees: `round(ratio x d)` positions, chosen uniformly at random, get the referenc
 of the second pass counts the positions that were not revealed. The ratio decays linearly from
 `glancing_ratio_start` to `glancing_ratio_end` over `glancing_anneal_steps` training steps. A model that already
 predicts well sees few hints, one that predicts badly sees many: a curriculum from conditional to fully parallel
-prediction. Decoding is one pass (no hint): vanilla's length candidates and decoder.
+prediction. Glancing runs in training mode only: in eval mode (a validation loss) the loss is vanilla's one-pass
+loss. Decoding is one pass (no hint): vanilla's length candidates and decoder.
 
 `ctc` and `dag` reuse `GlancingOptions` and `glancing_reveal` on their best alignment / best path, where the
 "reference per decoder position" comes from the alignment (method_ctc.py, method_dag.py).
 """
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +25,8 @@ from .method_vanilla import VanillaMethod
 
 
 def _check_ratio(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value <= 1.0):
+    """`value` as a float, or ValueError naming the option unless it is a real number (not a bool) in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 <= value <= 1.0):
         raise ValueError(f"NATConfig: method_options `{name}` must be a number in [0, 1], got {value!r}")
     return float(value)
 
@@ -58,8 +61,12 @@ class GlancingOptions:
 
 def glancing_counts(mismatches: torch.Tensor, ratio: float) -> torch.Tensor:
     """How many positions each row reveals: `floor(ratio x d + 0.5)`, d the row's count of `mismatches`
-    (`[rows, positions]` bool) -> `[rows]` long."""
-    return torch.floor(mismatches.sum(-1).to(torch.float32) * ratio + 0.5).long()
+    (`[rows, positions]` bool) -> `[rows]` long.
+
+    Computed in float64 (float32 on MPS, which has no float64) so that the count is the one Python's
+    `math.floor(ratio * d + 0.5)` gives: float32 rounding can move `ratio x d` across a half."""
+    dtype = torch.float32 if mismatches.device.type == "mps" else torch.float64
+    return torch.floor(mismatches.sum(-1).to(dtype) * ratio + 0.5).long()
 
 
 def glancing_reveal(mismatches: torch.Tensor, candidates: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -105,8 +112,20 @@ class GLATMethod(VanillaMethod):
     TrainingOptions = GLATTrainingOptions
 
     def token_loss(self, model, context, target, target_mask, step=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Glancing training (Qian et al., 2021): a no-grad first pass from the usual inputs; `round(ratio x d)`
+        reference tokens (d: its wrong positions) revealed at random target positions as decoder inputs of the
+        second pass; the loss on the positions that were not revealed. Glancing runs in training mode only: in
+        eval mode (a validation loss) the loss is the one-pass loss of the decoding task, every position counted.
+
+        Args:
+            target: `[batch, target_len]` reference ids; `target_mask` its bool mask.
+            step: the training step of the ratio schedule (None: the start ratio).
+
+        Returns:
+            The second pass's logits `[batch, target_len, vocab]` and the token loss `[]`.
+        """
         config = model.config
-        ratio = self.training_options(config).glancing_ratio(step)
+        ratio = self.training_options(config).glancing_ratio(step) if model.training else 0.0
         decoder_input_ids = target.masked_fill(target_mask, config.mask_token_id)
         revealed = torch.zeros_like(target_mask)
         if ratio > 0:

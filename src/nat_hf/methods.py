@@ -7,6 +7,8 @@ method files import: keeping the table there would make an import cycle.
 
 from .method_base import NATMethod
 from .method_cmlm import CMLMMethod
+from .method_ctc import CTCMethod
+from .method_dag import DAGMethod
 from .method_glat import GLATMethod
 from .method_vanilla import VanillaMethod
 
@@ -14,6 +16,8 @@ METHODS: dict[str, NATMethod] = {
     "cmlm": CMLMMethod(),
     "vanilla": VanillaMethod(),
     "glat": GLATMethod(),
+    "ctc": CTCMethod(),
+    "dag": DAGMethod(),
 }
 
 

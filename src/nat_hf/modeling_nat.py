@@ -79,6 +79,9 @@ class NATSeq2SeqLMOutput(ModelOutput):
         length_logits: `[batch, num_length_classes]` scores of the length predictor (methods with one).
         token_loss: the method's loss term named `token` (with `labels`).
         length_loss: the method's loss term named `length` (with `labels`; methods with a length predictor).
+        loss_terms: every named term of the method's loss (with `labels`), e.g. `{"token": ..., "length": ...}`.
+        loss_counts: events of the batch the training loop sums and logs (with `labels`), e.g.
+            `{"skipped_targets": ...}` for targets that cannot fit an upsampled decoder (`ctc`, `dag`).
         decoder_hidden_states, decoder_attentions, cross_attentions, encoder_last_hidden_state,
         encoder_hidden_states, encoder_attentions: as in [`NATModelOutput`]; the decoder ones only with
             `decoder_input_ids` (with `labels` the decoder passes belong to the objective and are not returned).
@@ -89,6 +92,8 @@ class NATSeq2SeqLMOutput(ModelOutput):
     length_logits: torch.FloatTensor | None = None
     token_loss: torch.FloatTensor | None = None
     length_loss: torch.FloatTensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
+    loss_counts: dict[str, torch.Tensor] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -892,7 +897,8 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         result = self.nat_method.loss(self, context, target, target_mask, step)
         return NATSeq2SeqLMOutput(
             loss=result.total, logits=result.logits, length_logits=result.outputs.get("length_logits"),
-            token_loss=result.terms.get("token"), length_loss=result.terms.get("length"),
+            token_loss=result.terms.get("token"), length_loss=result.terms.get("length"), loss_terms=result.terms,
+            loss_counts=result.counts,
             encoder_last_hidden_state=encoder.last_hidden_state, encoder_hidden_states=encoder.hidden_states,
             encoder_attentions=encoder.attentions,
         )

@@ -15,10 +15,10 @@ class NATTranslationPipeline(Pipeline):
 
     Call-time options: `truncation` (default `False`: a source longer than the model accepts raises an error
     instead of being cut), `batch_size`, and decoding options, all passed on to `model.generate` (the method's
-    options, e.g. `num_iterations`, `length_beam`, `decoding_strategy`; `max_new_tokens`, ...). A NAT model checks
-    them (through its method) when they are given, so a bad one raises `ValueError` before any sentence is
-    translated. A blank (empty or
-    whitespace-only) source translates to an empty string without running the model.
+    options, e.g. `num_iterations`, `length_beam` for cmlm, `decoding_strategy`, `viterbi_length_exponent` for
+    dag; `max_new_tokens`, ...). A NAT model checks them (through its method) when they are given, so a bad one,
+    or an option only another method has, raises `ValueError` naming it before any sentence is translated. A blank
+    (empty or whitespace-only) source translates to an empty string without running the model.
     """
 
     _load_tokenizer = True

@@ -3,7 +3,9 @@ DIR --splits val test_2016_flickr --output quality.json`.
 
 Per system and split: sacreBLEU and chrF; the share of consecutive repeated tokens (the classic symptom of
 one-pass NAT decoding mixing modes), beside the same share in the references; the length error against the
-reference (mean relative and mean absolute, in subword tokens); and BLEU by source-length bucket.
+reference (mean relative and mean absolute, in subword tokens); and BLEU by source-length bucket. A NAT system takes
+its method's decoding options (`LABEL=MODEL:decoding_strategy=viterbi,viterbi_length_exponent=1.2` for a `dag`
+model), read as the types the method declares, as in `nat-hf bench speed`.
 """
 
 import argparse
@@ -16,7 +18,7 @@ import torch
 
 from .bench import System, machine, parse_system
 from .data import read_parallel_text
-from .inference import load_translator, translate_texts
+from .inference import check_generate_kwargs, load_translator, translate_texts, typed_decoding_options
 
 LENGTH_BUCKETS = ((1, 10), (11, 20), (21, 30), (31, 10_000))
 
@@ -70,10 +72,12 @@ def benchmark_quality(systems: list[System], data_dir: Path, splits: list[str], 
     results = {"machine": machine(threads), "data_dir": str(data_dir), "batch_size": batch_size, "systems": {}}
     for system in systems:
         model, tokenizer = load_translator(system.path)
-        entry = {"model": system.path, "options": system.options, "splits": {}}
+        options = typed_decoding_options(model, system.options)  # a NAT method's options as it declares them
+        check_generate_kwargs(model, options)  # before any split is decoded
+        entry = {"model": system.path, "options": options, "splits": {}}
         for split, columns in data.items():
             entry["splits"][split] = quality_report(model, tokenizer, columns["source"], columns["target"], metric,
-                                                    batch_size, **system.options)
+                                                    batch_size, **options)
         results["systems"][system.label] = entry
     return results
 

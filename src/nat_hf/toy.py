@@ -68,7 +68,9 @@ def train_toy_model(
     warmup_steps: int = 100,
     seed: int = 0,
 ) -> list[float]:
-    """Train `model` with AdamW and linear warmup/decay on random batches of `pairs`; return the loss per step."""
+    """Train `model` with AdamW and linear warmup/decay on random batches of `pairs`; return the loss per step.
+    The model's forward sees the training step (`step=`, counted from 0) so that a method's schedules (e.g. GLAT's
+    glancing ratio) advance."""
     config = model.config
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -76,11 +78,11 @@ def train_toy_model(
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
     model.train()
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
         batch = rng.sample(list(pairs), batch_size) if len(pairs) >= batch_size else rng.choices(pairs, k=batch_size)
         input_ids, attention_mask = collate([pair.source for pair in batch], config.eos_token_id, config.pad_token_id)
         labels, _ = collate([rng.choice(pair.targets) for pair in batch], config.eos_token_id, config.pad_token_id)
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, step=step).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

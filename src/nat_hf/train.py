@@ -91,6 +91,17 @@ class ModelArgs:
     max_length_offset: int = 64
     length_loss_weight: float = 0.1
     label_smoothing: float = 0.1
+    # the method's training options (`NATConfig.method_options`, e.g. a glancing schedule or an upsampling ratio;
+    # see `TrainingOptions` in method_<objective>.py): unknown keys and bad values are a ConfigError
+    method_options: dict = field(default_factory=dict)
+    # where the blank token (ctc) comes from: "tokenizer" (its `<blank>`, if it has one) or "append" (a new token
+    # after the tokenizer's vocabulary: blank_token_id = len(tokenizer), vocab_size = len(tokenizer) + 1; for a
+    # vocabulary without one, e.g. an AR teacher's: `init_from_ar` copies the teacher's rows, the new row keeps
+    # its fresh initialisation)
+    blank_token: str = "tokenizer"
+
+
+BLANK_TOKEN_SOURCES = ("tokenizer", "append")
 
 
 @dataclass
@@ -128,16 +139,28 @@ class OptimArgs:
 
 @dataclass
 class EvalArgs:
+    """Evaluation. `decoding` and `final_decoding` are the model's decoding options (its method's `Options`, e.g.
+    cmlm's `num_iterations`, `length_beam`; family ar: `num_beams`), each over the method's defaults (`{}`: the
+    defaults; family ar: 1 beam periodic, 4 final), validated by the method when the config is checked."""
+
     eval_every: int = 1000  # optimiser steps between evaluations (and checkpoints)
-    num_iterations: int = 4  # decoding for the periodic validation BLEU that picks the best checkpoint
-    length_beam: int = 3
+    decoding: dict = field(default_factory=dict)  # the periodic validation BLEU that picks the best checkpoint
     max_sentences: int | None = None  # periodic BLEU on the first N validation sentences only, for speed
-    final_num_iterations: int = 10  # decoding of the final evaluation (whole validation set and test splits),
-    final_length_beam: int = 5  # also saved as the best model's generation defaults
+    # the final evaluation (whole validation set and test splits), also saved as the best model's generation
+    # defaults
+    final_decoding: dict = field(default_factory=dict)
     batch_size: int = 50  # sentences per generate call
     average_last: int = 0  # if >= 2: also average the weights of the last N evaluated checkpoints into averaged/
-    num_beams: int = 1  # family ar: beam size of the periodic validation decoding
-    final_num_beams: int = 4  # family ar: beam size of the final evaluation (also saved as generation default)
+
+
+# Evaluation keys of earlier versions and what replaced them (a config that still sets one is a ConfigError).
+REPLACED_EVAL_KEYS = {"num_iterations": "eval.decoding.num_iterations", "length_beam": "eval.decoding.length_beam",
+                      "num_beams": "eval.decoding.num_beams",
+                      "final_num_iterations": "eval.final_decoding.num_iterations",
+                      "final_length_beam": "eval.final_decoding.length_beam",
+                      "final_num_beams": "eval.final_decoding.num_beams"}
+# Decoding options of the AR family (transformers' beam search) and their defaults, periodic and final.
+AR_DECODING_DEFAULTS = {False: {"num_beams": 1}, True: {"num_beams": 4}}
 
 
 @dataclass
@@ -164,7 +187,7 @@ class TrainConfig:
 # and the final decoding only concern the final evaluation).
 RESUMABLE_CHANGES = {("optim", "max_steps"), ("optim", "max_minutes"), ("run", "log_every"), ("run", "threads"),
                      ("run", "output_dir"), ("eval", "batch_size"), ("data", "test_splits"),
-                     ("eval", "final_num_iterations"), ("eval", "final_length_beam"), ("eval", "final_num_beams")}
+                     ("eval", "final_decoding")}
 # A YAML 1.1 float without a dot (`5e-4`, `1E3`) is read as a string; these are accepted where a float is expected.
 FLOAT_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 # NATConfig fields that a ModelArgs key sets under another name.
@@ -179,6 +202,10 @@ def _coerce(value: Any, annotation, where: str) -> Any:
         if value is None and type(None) in options:
             return None
         annotation = next(option for option in options if option is not type(None))
+    if annotation is dict or get_origin(annotation) is dict:
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise ConfigError(f"{where} must be a mapping of names to values, got {value!r}")
+        return dict(value)
     if get_origin(annotation) is list:
         (item_type,) = get_args(annotation)
         if not isinstance(value, list):
@@ -208,6 +235,11 @@ def build_config(values: dict) -> TrainConfig:
         section_hints = get_type_hints(section_class)
         if not isinstance(section_values, dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
+        replaced = [key for key in section_values if section == "eval" and key in REPLACED_EVAL_KEYS]
+        if replaced:
+            raise ConfigError("; ".join(f"eval.{key} was replaced by {REPLACED_EVAL_KEYS[key]}" for key in replaced)
+                              + " (eval.decoding: the periodic validation's decoding options, eval.final_decoding: "
+                              "the final evaluation's)")
         unknown = sorted(set(section_values) - set(known))
         if unknown:
             raise ConfigError(f"unknown key(s) {unknown} in config section {section!r} (known: {sorted(known)})")
@@ -215,25 +247,16 @@ def build_config(values: dict) -> TrainConfig:
             key: _coerce(value, section_hints[key], f"{section}.{key}") for key, value in section_values.items()
         })
     config = TrainConfig(**sections)
+    # before the model check, which builds a NATConfig from them
+    if config.model.blank_token not in BLANK_TOKEN_SOURCES:
+        raise ConfigError(f"model.blank_token must be one of {BLANK_TOKEN_SOURCES}, got {config.model.blank_token!r}")
+    if config.model.family == "ar" and config.model.method_options:
+        raise ConfigError("model.method_options needs family nat (they are a NAT method's training options)")
+    if config.model.family == "ar" and config.model.blank_token != "tokenizer":
+        raise ConfigError("model.blank_token: append needs family nat")
     check_model_args(config.model)  # an invalid model is the problem to name, not the evaluation it implies
-    # which eval keys the config sets itself (not a config field: never saved or compared on --resume)
-    config.explicit_eval_keys = frozenset((values or {}).get("eval") or {})
-    if config.model.family == "nat" and config.model.decoder_input_mode == "copy":
-        one_pass_defaults(config, "a model with model.decoder_input_mode=copy")
     validate_config(config)
     return config
-
-
-def one_pass_defaults(config: TrainConfig, model: str) -> None:
-    """A `decoder_input_mode: copy` model (`model` says which) decodes in one pass (its decoder reads the source,
-    not its own previous output): its evaluation iterations default to 1, and more than 1, if the config asks for
-    it, is a `ConfigError` (it would otherwise only fail at the first evaluation, after training)."""
-    for key in ("num_iterations", "final_num_iterations"):
-        value = getattr(config.eval, key)
-        if key not in getattr(config, "explicit_eval_keys", ()):
-            setattr(config.eval, key, 1)
-        elif value != 1:
-            raise ConfigError(f"eval.{key}={value}: {model} decodes in one pass; set eval.{key}=1 (or leave it out)")
 
 
 def check_model_args(args: ModelArgs) -> None:
@@ -247,11 +270,34 @@ def check_model_args(args: ModelArgs) -> None:
         raise ConfigError(f"model.activation_function must be one of {sorted(ACT2FN)}, "
                           f"got {args.activation_function!r}")
     try:
-        NATConfig(**nat_architecture(args), vocab_size=8000)
+        stand_in_nat_config(args)
     except (ValueError, StrictDataclassError) as error:
-        named = re.findall(r"`(\w+)`", str(error))
-        key = NAT_FIELD_TO_KEY.get(named[0], named[0]) if named else None
-        raise ConfigError(f"model.{key}: {error}" if key else f"model: {error}") from None
+        raise ConfigError(model_error_message(error)) from None
+
+
+def model_error_message(error: Exception) -> str:
+    """A `NATConfig` error as a config message naming the model key (`model.method_options...` for a method
+    option)."""
+    message = str(error)
+    if "method_options" in message:
+        rest = message.split("method_options", 1)[1]
+        names = [quoted or ticked for quoted, ticked in re.findall(r"'(\w+)'|`(\w+)`", rest)]
+        names = names or re.findall(r"^\s+(\w+) must", rest)  # "method_options NAME must be ..."
+        return f"model.method_options.{names[0]}: {message}" if names else f"model.method_options: {message}"
+    named = re.findall(r"`(\w+)`", message)
+    key = NAT_FIELD_TO_KEY.get(named[0], named[0]) if named else None
+    if key == "blank_token_id":
+        key = "blank_token"
+    return f"model.{key}: {message}" if key else f"model: {message}"
+
+
+def stand_in_nat_config(args: ModelArgs) -> NATConfig:
+    """The `NATConfig` of the model section with a stand-in vocabulary (the real one comes with the tokenizer):
+    8000 entries with `train_tokenizer`'s special ids (pad 0, eos 1, unk 2, mask 3, blank 4), or with
+    `blank_token: append`, 8001 with the blank last."""
+    vocabulary = ({"vocab_size": 8001, "blank_token_id": 8000} if args.blank_token == "append"
+                  else {"vocab_size": 8000, "blank_token_id": 4})
+    return NATConfig(**nat_architecture(args), **vocabulary)
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -279,16 +325,10 @@ def validate_config(config: TrainConfig) -> None:
         (config.optim.scheduler in schedulers, f"optim.scheduler must be one of {schedulers}"),
         (config.optim.mixed_precision in ("no", "fp16", "bf16"), "optim.mixed_precision must be no, fp16 or bf16"),
         (config.eval.eval_every >= 1, "eval.eval_every must be >= 1"),
-        (config.eval.num_iterations >= 1, "eval.num_iterations must be >= 1"),
-        (config.eval.length_beam >= 1, "eval.length_beam must be >= 1"),
         (config.eval.max_sentences is None or config.eval.max_sentences >= 1, "eval.max_sentences must be >= 1"),
-        (config.eval.final_num_iterations >= 1, "eval.final_num_iterations must be >= 1"),
-        (config.eval.final_length_beam >= 1, "eval.final_length_beam must be >= 1"),
         (config.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (config.eval.average_last == 0 or config.eval.average_last >= 2,
          "eval.average_last must be 0 (off) or >= 2"),
-        (config.eval.num_beams >= 1, "eval.num_beams must be >= 1"),
-        (config.eval.final_num_beams >= 1, "eval.final_num_beams must be >= 1"),
         (config.run.log_every >= 1, "run.log_every must be >= 1"),
         (config.run.threads is None or config.run.threads >= 1, "run.threads must be >= 1"),
         (bool(config.run.output_dir), "run.output_dir must be non-empty"),
@@ -301,22 +341,34 @@ def validate_config(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    if config.model.family == "nat" and config.model.init_from is None:  # the model section: build_config
+    if config.model.family == "ar":
         check_decoding_options(config)
+    elif config.model.init_from is None:  # a saved model's method is checked by `check_init_from`
+        check_decoding_options(config, stand_in_nat_config(config.model))
 
 
-def check_decoding_options(config: TrainConfig) -> None:
-    """The method's own validation of the evaluation decoding options (the one `generate` runs), at YAML time: a
+def check_decoding_options(config: TrainConfig, model_config: NATConfig | None = None) -> None:
+    """The evaluation decoding options (`eval.decoding`, `eval.final_decoding`) checked at YAML time by the
+    method of `model_config` (its `check_options`, the validation `generate` runs; family ar: `num_beams` only): a
     `ConfigError` naming the `eval.` key instead of a failure at the first evaluation, after training."""
-    nat_config = NATConfig(**nat_architecture(config.model), vocab_size=8000)
-    method = METHODS[nat_config.objective]
-    for final in (False, True):
-        options = decoding_options(config, final)
+    for section in ("decoding", "final_decoding"):
+        given = getattr(config.eval, section)
+        if model_config is None:  # family ar
+            unknown = sorted(set(given) - set(AR_DECODING_DEFAULTS[False]))
+            if unknown:
+                raise ConfigError(f"eval.{section}.{unknown[0]}: not a decoding option of family ar (its options: "
+                                  f"{sorted(AR_DECODING_DEFAULTS[False])})")
+            beams = given.get("num_beams", 1)
+            if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
+                raise ConfigError(f"eval.{section}.num_beams must be an integer >= 1, got {beams!r}")
+            continue
+        method = METHODS[model_config.objective]
         try:
-            method.check_options(nat_config, {**method.option_defaults(), **options})
+            method.check_options(model_config, {**method.option_defaults(), **given})
         except ValueError as error:
-            named = [name for name in options if name in str(error)]
-            key = f"eval.{'final_' if final else ''}{named[0]}" if named else "eval"
+            named = [name for name in given if re.search(rf"\b{name}\b", str(error))]
+            named = named or [name for name in method.option_defaults() if re.search(rf"\b{name}\b", str(error))]
+            key = f"eval.{section}.{named[0]}" if named else f"eval.{section}"
             raise ConfigError(f"{key}: {error}") from None
 
 
@@ -333,16 +385,22 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(values).__name__}")
     for override in overrides:
         key, sep, raw = override.partition("=")
-        if not sep or key.count(".") != 1:
-            raise ConfigError(f"override {override!r} must look like section.key=value")
-        section, name = key.split(".")
+        if not sep or key.count(".") not in (1, 2):
+            raise ConfigError(f"override {override!r} must look like section.key=value (or section.key.option=value "
+                              "for a mapping such as eval.decoding)")
+        section, name, *option = key.split(".")
         try:
             value = yaml.safe_load(os.path.expandvars(raw))
         except yaml.YAMLError as error:
             raise ConfigError(f"override {override!r}: the value is not valid YAML: {error}") from None
         if not isinstance(values.setdefault(section, {}), dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
-        values[section][name] = value
+        if option:  # one entry of a mapping, e.g. eval.decoding.num_iterations=1
+            if not isinstance(values[section].setdefault(name, {}), dict):
+                raise ConfigError(f"override {override!r}: {section}.{name} is not a mapping")
+            values[section][name][option[0]] = value
+        else:
+            values[section][name] = value
     return build_config(values)
 
 
@@ -363,12 +421,40 @@ def ar_config(args: ModelArgs, tokenizer):
     )
 
 
+@dataclass
+class StepLoss:
+    """A batch's training loss with what the training log records of it."""
+
+    loss: torch.Tensor  # [] the total optimised
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's named loss terms, each []
+    counts: dict[str, torch.Tensor] = field(default_factory=dict)  # events summed over the log window, each []
+
+
+def training_step_loss(model, batch: dict, family: str, label_smoothing: float, step: int | None = None
+                       ) -> StepLoss:
+    """The batch-averaged training loss (see `training_loss`) with the NAT method's named terms (`LossOutput.terms`,
+    e.g. `token`, `length`) and counts (`LossOutput.counts`, e.g. `skipped_targets`), as the model's forward
+    returns them (`loss_terms` / `loss_counts`; a forward that only has `token_loss` / `length_loss` gives those
+    as the terms). The AR family has no terms or counts."""
+    if family == "nat":
+        output = model(**batch, step=step)
+        terms = getattr(output, "loss_terms", None)
+        if terms is None:
+            terms = {name: value for name, value in (("token", output.token_loss), ("length", output.length_loss))
+                     if value is not None}
+        return StepLoss(output.loss, dict(terms), dict(getattr(output, "loss_counts", None) or {}))
+    return StepLoss(ar_training_loss(model, batch, label_smoothing))
+
+
 def training_loss(model, batch: dict, family: str, label_smoothing: float, step: int | None = None
                   ) -> torch.Tensor:
     """The batch-averaged training loss: the NAT model's own (its method's, which sees the training `step`), or
     for an AR model the label-smoothed cross-entropy of teacher forcing over the non-padding target tokens."""
-    if family == "nat":
-        return model(**batch, step=step).loss
+    return training_step_loss(model, batch, family, label_smoothing, step).loss
+
+
+def ar_training_loss(model, batch: dict, label_smoothing: float) -> torch.Tensor:
+    """Label-smoothed teacher-forcing cross-entropy of an AR model over the non-padding target tokens."""
     from transformers.models.marian.modeling_marian import shift_tokens_right
 
     config = model.config
@@ -380,14 +466,15 @@ def training_loss(model, batch: dict, family: str, label_smoothing: float, step:
                                              label_smoothing=label_smoothing)
 
 
-def decoding_options(config: TrainConfig, final: bool) -> dict:
-    """`generate` arguments of the periodic (`final=False`) or final evaluation, by model family."""
+def decoding_options(config: TrainConfig, final: bool, objective: str | None = None) -> dict:
+    """`generate` arguments of the periodic (`final=False`, `eval.decoding`) or final (`eval.final_decoding`)
+    evaluation: every decoding option of the model's method (`objective`, default `model.objective`; a model
+    continued from `model.init_from` has its own), the config's values over the method's defaults. Family ar:
+    `num_beams` (default 1 periodic, 4 final) and the length cap."""
+    given = config.eval.final_decoding if final else config.eval.decoding
     if config.model.family == "ar":
-        return {"num_beams": config.eval.final_num_beams if final else config.eval.num_beams,
-                "max_new_tokens": config.model.max_target_positions + 1}
-    if final:
-        return {"num_iterations": config.eval.final_num_iterations, "length_beam": config.eval.final_length_beam}
-    return {"num_iterations": config.eval.num_iterations, "length_beam": config.eval.length_beam}
+        return {**AR_DECODING_DEFAULTS[final], **given, "max_new_tokens": config.model.max_target_positions + 1}
+    return {**METHODS[objective or config.model.objective].option_defaults(), **given}
 
 
 def nat_architecture(args: ModelArgs) -> dict:
@@ -402,12 +489,31 @@ def nat_architecture(args: ModelArgs) -> dict:
         max_target_positions=args.max_target_positions, objective=args.objective,
         decoder_input_mode=args.decoder_input_mode, length_prediction_mode=args.length_prediction_mode,
         max_length_offset=args.max_length_offset, length_loss_weight=args.length_loss_weight,
-        label_smoothing=args.label_smoothing,
+        label_smoothing=args.label_smoothing, method_options=dict(args.method_options),
     )
 
 
+def vocabulary_kwargs(args: ModelArgs, tokenizer) -> dict:
+    """The `NATConfig` vocabulary size and special ids for `tokenizer`; with `blank_token: append`, a blank token
+    added after the tokenizer's vocabulary (id `len(tokenizer)`, one more row)."""
+    kwargs = config_kwargs_from_tokenizer(tokenizer)
+    if args.blank_token == "append":
+        if kwargs["blank_token_id"] is not None:
+            raise ConfigError(f"model.blank_token: append, but the tokenizer has a blank token (id "
+                              f"{kwargs['blank_token_id']}); use model.blank_token: tokenizer")
+        kwargs.update(blank_token_id=kwargs["vocab_size"], vocab_size=kwargs["vocab_size"] + 1)
+    return kwargs
+
+
 def nat_config(args: ModelArgs, tokenizer) -> NATConfig:
-    return NATConfig(**config_kwargs_from_tokenizer(tokenizer), **nat_architecture(args))
+    """The `NATConfig` of the model section for `tokenizer`'s vocabulary; ConfigError naming the key."""
+    try:
+        return NATConfig(**vocabulary_kwargs(args, tokenizer), **nat_architecture(args))
+    except ValueError as error:
+        hint = (" (the tokenizer has no <blank>: set model.blank_token: append)"
+                if "blank_token_id" in str(error) and args.blank_token == "tokenizer" and "append" not in str(error)
+                else "")
+        raise ConfigError(model_error_message(error) + hint) from None
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -452,13 +558,32 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """`section.key: old -> new` for every value that may not change on `--resume` (see `RESUMABLE_CHANGES`)."""
+    """`section.key: old -> new` for every value that may not change on `--resume` (see `RESUMABLE_CHANGES`). A
+    config saved by an earlier version is read as this version would: a key it lacks has its default, and its
+    evaluation keys move to `eval.decoding` / `eval.final_decoding` (`REPLACED_EVAL_KEYS`)."""
+    saved = upgrade_saved_config(saved)
+    defaults = TrainConfig().to_dict()
     differences = []
     for section, values in current.items():
         for key, value in values.items():
-            if (section, key) not in RESUMABLE_CHANGES and saved.get(section, {}).get(key) != value:
-                differences.append(f"{section}.{key}: {saved.get(section, {}).get(key)!r} -> {value!r}")
+            old = saved.get(section, {}).get(key, defaults[section][key])
+            if (section, key) not in RESUMABLE_CHANGES and old != value:
+                differences.append(f"{section}.{key}: {old!r} -> {value!r}")
     return differences
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+    """A saved training config with the evaluation keys of earlier versions (`num_iterations`, `final_length_beam`,
+    ...: all saved, defaults included) rewritten as `eval.decoding` / `eval.final_decoding` of its model family."""
+    old_eval = dict(saved.get("eval") or {})
+    if not set(old_eval) & set(REPLACED_EVAL_KEYS):
+        return saved
+    family = (saved.get("model") or {}).get("family", "nat")
+    used = ("num_beams",) if family == "ar" else ("num_iterations", "length_beam")
+    eval_values = {key: value for key, value in old_eval.items() if key not in REPLACED_EVAL_KEYS}
+    eval_values["decoding"] = {name: old_eval[name] for name in used if name in old_eval}
+    eval_values["final_decoding"] = {name: old_eval[f"final_{name}"] for name in used if f"final_{name}" in old_eval}
+    return {**saved, "eval": eval_values}
 
 
 # ------------------------------------------------------------------------------------------------ run directory
@@ -662,11 +787,16 @@ def build_model(config: TrainConfig, tokenizer):
     expected = config_kwargs_from_tokenizer(tokenizer)
     if config.model.family == "ar":
         expected = {key: expected[key] for key in ("vocab_size", "pad_token_id", "eos_token_id")}
+    elif (config.model.blank_token == "append" if config.model.init_from is None else
+          expected["blank_token_id"] is None and model.config.blank_token_id == len(tokenizer)):
+        # a blank appended to the tokenizer's vocabulary (`model.blank_token: append`, or a saved model made so)
+        expected.update(blank_token_id=len(tokenizer), vocab_size=len(tokenizer) + 1)
     mismatched = {key: (getattr(model.config, key, None), value) for key, value in expected.items()
                   if getattr(model.config, key, None) != value}
     if mismatched:
         raise ConfigError(f"the model config does not match the tokenizer (config, tokenizer): {mismatched}")
-    for name, value in decoding_options(config, final=True).items():
+    objective = getattr(model.config, "objective", None)
+    for name, value in decoding_options(config, final=True, objective=objective).items():
         setattr(model.generation_config, name, value)  # the saved model decodes like its final evaluation
     return model, report
 
@@ -728,8 +858,9 @@ def apply_environment(config: TrainConfig) -> None:
 
 
 def check_init_from(config: TrainConfig) -> None:
-    """The saved model that `model.init_from` names exists and can be evaluated as the config asks (a one-pass
-    `copy` decoder with more than one iteration would otherwise fail at the first evaluation, after training)."""
+    """The saved model that `model.init_from` names exists and can be evaluated as the config asks: its method
+    checks `eval.decoding` and `eval.final_decoding` (e.g. more than one iteration for a one-pass `copy` decoder
+    would otherwise fail at the first evaluation, after training)."""
     if config.model.init_from is None:
         return
     from transformers import AutoConfig
@@ -739,8 +870,8 @@ def check_init_from(config: TrainConfig) -> None:
     except (OSError, ValueError) as error:
         raise ConfigError(f"model.init_from: cannot read a model config from {config.model.init_from}: "
                           f"{error}") from None
-    if getattr(saved, "decoder_input_mode", None) == "copy":
-        one_pass_defaults(config, "model.init_from (a decoder_input_mode=copy model)")
+    if isinstance(saved, NATConfig):
+        check_decoding_options(config, saved)
 
 
 def check_pretrained_sources(config: TrainConfig) -> None:
@@ -758,6 +889,9 @@ def check_pretrained_sources(config: TrainConfig) -> None:
         except (OSError, ValueError) as error:
             where = "" if Path(value).exists() else " (no such directory, and not a Hub repo id that can be loaded)"
             raise ConfigError(f"{key}: cannot load {value!r}{where}: {str(error).splitlines()[0]}") from None
+    tokenizer_source = config.data.tokenizer or config.model.init_from_ar
+    if config.model.family == "nat" and config.model.init_from is None and tokenizer_source is not None:
+        nat_config(config.model, AutoTokenizer.from_pretrained(tokenizer_source))  # e.g. a blank the vocabulary lacks
 
 
 def load_splits(config: TrainConfig) -> dict:
@@ -826,6 +960,9 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
     # -- data (read and checked by `train`)
     tokenizer = prepare_tokenizer(config, output_dir, accelerator)
     model, init_report = build_model(config, tokenizer)
+    objective = getattr(model.config, "objective", None)  # the NAT method (a model from init_from has its own)
+    periodic_decoding = decoding_options(config, final=False, objective=objective)
+    final_decoding = decoding_options(config, final=True, objective=objective)
     if init_report is not None and accelerator.is_main_process and not resume:
         (output_dir / "init_from_ar.json").write_text(json.dumps(init_report.to_dict(), indent=1))
         accelerator.print(init_report.summary())
@@ -916,7 +1053,7 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
             record["valid_loss"] = validation_loss(unwrapped, valid_set, collator, valid_batches, config.optim.seed,
                                                    config.model.family, config.model.label_smoothing)
             scores = decode_and_score(unwrapped, tokenizer, valid_sources, valid_references, config.eval.batch_size,
-                                      metric, **decoding_options(config, final=False))
+                                      metric, **periodic_decoding)
             record.update(valid_bleu=scores["bleu"], valid_chrf=scores["chrf"],
                           decode_seconds=round(scores["decode_seconds"], 1))
             if scores["bleu"] > state["best_bleu"]:
@@ -966,6 +1103,8 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
                             "valid_loss": initial_loss})
     model.train()
     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+    window_terms: dict[str, list[float]] = {}  # each loss term's per-step values in the log window
+    window_counts: dict[str, int] = {}  # each count summed over the log window
     done = state["step"] >= config.optim.max_steps
     while not done:
         epoch_batches = token_budget_batches(train_lengths, config.data.max_tokens, seed=config.optim.seed +
@@ -975,16 +1114,20 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
         groups = [mine[i : i + accumulation] for i in range(0, len(mine) - accumulation + 1, accumulation)]
         for group in groups[state["group_in_epoch"] :]:
             step_start = time.perf_counter()
-            losses = []
+            losses, micro_terms, micro_counts = [], {}, {}
             for micro, indices in enumerate(group):
                 batch = {k: v.to(accelerator.device) for k, v in collator([train_set[i] for i in indices]).items()}
                 window_tokens += batch["input_ids"].numel() + batch["labels"].numel()  # padded tokens processed
                 last_micro_batch = micro == len(group) - 1  # gradients are synchronised across processes only here
                 with contextlib.nullcontext() if last_micro_batch else accelerator.no_sync(model):
-                    loss = training_loss(model, batch, config.model.family, config.model.label_smoothing,
-                                         step=state["step"])
-                    accelerator.backward(loss / accumulation)
-                losses.append(loss.detach())
+                    batch_loss = training_step_loss(model, batch, config.model.family,
+                                                    config.model.label_smoothing, step=state["step"])
+                    accelerator.backward(batch_loss.loss / accumulation)
+                losses.append(batch_loss.loss.detach())
+                for name, value in batch_loss.terms.items():
+                    micro_terms.setdefault(name, []).append(value.detach().float())
+                for name, value in batch_loss.counts.items():
+                    micro_counts.setdefault(name, []).append(value.detach().float())
             accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -992,20 +1135,36 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
             state["step"] += 1
             state["group_in_epoch"] += 1
             state["train_seconds"] += time.perf_counter() - step_start  # training time only, evaluation excluded
-            step_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+            # the loss and each term: mean over micro-batches and processes; each count: sum (one reduce each)
+            term_names, count_names = sorted(micro_terms), sorted(micro_counts)
+            means = torch.stack([torch.stack(losses).float().mean()]
+                                + [torch.stack(micro_terms[name]).mean() for name in term_names])
+            step_loss, *step_terms = accelerator.reduce(means, reduction="mean").tolist()
+            if count_names:
+                sums = torch.stack([torch.stack(micro_counts[name]).sum() for name in count_names])
+                for name, value in zip(count_names, accelerator.reduce(sums, reduction="sum").tolist(), strict=True):
+                    window_counts[name] = window_counts.get(name, 0) + round(value)
             if not math.isfinite(step_loss):
                 raise FloatingPointError(f"loss is {step_loss} at step {state['step']}; the last good checkpoint "
                                          "is kept")
             window_loss.append(step_loss)
+            for name, value in zip(term_names, step_terms, strict=True):
+                window_terms.setdefault(name, []).append(value)
             if state["step"] % config.run.log_every == 0 or state["step"] == 1:
                 elapsed = time.perf_counter() - window_start
                 record = {"event": "train", "step": state["step"], "loss": sum(window_loss) / len(window_loss),
-                          "lr": scheduler.get_last_lr()[0], "tokens_per_second": window_tokens * world / elapsed}
+                          "loss_terms": {name: sum(values) / len(values) for name, values in window_terms.items()},
+                          "counts": dict(window_counts), "lr": scheduler.get_last_lr()[0],
+                          "tokens_per_second": window_tokens * world / elapsed}
                 postfix.update(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
                 if accelerator.is_main_process:
                     log_line(log_path, record)
-                accelerator.log({"train_loss": record["loss"], "lr": record["lr"]}, step=state["step"])
+                accelerator.log({"train_loss": record["loss"], "lr": record["lr"],
+                                 **{f"train_loss_{name}": value for name, value in record["loss_terms"].items()},
+                                 **{f"train_{name}": value for name, value in record["counts"].items()}},
+                                step=state["step"])
                 window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+                window_terms, window_counts = {}, {}
             update_progress()
             out_of_time = (config.optim.max_minutes is not None
                            and state["train_seconds"] > 60 * config.optim.max_minutes)
@@ -1041,7 +1200,7 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
     if accelerator.is_main_process and (output_dir / "best").is_dir():
         # `--resume` may have changed the final decoding, test splits or directory: best/ decodes like the final
         # evaluation and carries the config that describes it (model cards reproduce the model from that copy)
-        update_generation_defaults(output_dir / "best", decoding_options(config, final=True))
+        update_generation_defaults(output_dir / "best", final_decoding)
         shutil.copy(config_path, output_dir / "best" / "train_config.yaml")
     for prefix, model_dir in final_models.items():
         if not accelerator.is_main_process:
@@ -1051,14 +1210,15 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
         for split in [config.data.valid_split, *config.data.test_splits]:
             pairs = splits[split]
             scores = decode_and_score(final_model, tokenizer, pairs["source"], pairs["target"],
-                                      config.eval.batch_size, metric, **decoding_options(config, final=True))
+                                      config.eval.batch_size, metric, **final_decoding)
             summary[f"{prefix}{split}_bleu"], summary[f"{prefix}{split}_chrf"] = scores["bleu"], scores["chrf"]
             summary[f"{prefix}{split}_decode_seconds"] = round(scores["decode_seconds"], 1)
             summary["sacrebleu_signature"] = scores["signature"]
             hypotheses_path = output_dir / f"{prefix}{split}.hyp.{config.data.target_lang}"
             hypotheses_path.write_text("\n".join(scores["hypotheses"]) + "\n")
     if accelerator.is_main_process:
-        summary.update(family=config.model.family, world_size=world, **decoding_options(config, final=True))
+        # the final decoding options at the top level (e.g. num_iterations, length_beam for cmlm; num_beams for ar)
+        summary.update(family=config.model.family, world_size=world, **final_decoding)
         (output_dir / "results.json").write_text(json.dumps(summary, indent=1))
         log_line(log_path, {"event": "end", **summary})
         print(summary_line(summary, config, output_dir), flush=True)  # stdout, after tqdm's stderr bar

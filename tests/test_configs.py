@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from nat_hf.methods import METHODS
 from nat_hf.train import apply_environment, build_model, decoding_options, load_config, load_splits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,15 +55,12 @@ def expected_parameters(model_args: dict, vocab_size: int, family: str, heads: i
 
 
 def expected_head_parameters(config) -> int:
-    """The method's heads, counted by hand: a length predictor (`cmlm`, `vanilla`, `glat`), a gated link scorer
-    (`dag`: query and key projections of `link_heads` heads, a gate over the heads), none (`ctc`)."""
-    d = config.d_model
-    if config.objective == "ctc":
-        return 0
-    if config.objective == "dag":
-        heads = config.method_options["link_heads"]
-        return 2 * (d * d + d) + (d * heads + heads if heads > 1 else 0)
-    return d * config.num_length_classes + config.num_length_classes
+    """The method's heads: a length predictor counted by hand (the methods with one); other heads (e.g. `dag`'s
+    link scorer, counted by hand in its own test file) by building them from the method's `heads`."""
+    heads = METHODS[config.objective].heads(config)
+    if set(heads) == {"length_predictor"}:
+        return config.d_model * config.num_length_classes + config.num_length_classes
+    return sum(parameter.numel() for head in heads.values() for parameter in head.parameters())
 
 
 def test_every_config_is_covered():

@@ -47,4 +47,5 @@ def test_cmlm_objective_trains_on_masked_positions_only(tiny_model):
 
 
 def test_objective_table_has_the_shared_signature():
-    assert set(METHODS) == {"cmlm", "vanilla", "glat", "ctc", "dag"}
+    assert {"cmlm", "vanilla"} <= set(METHODS)
+    assert all(name == method.name for name, method in METHODS.items())

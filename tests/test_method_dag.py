@@ -379,6 +379,8 @@ def test_dag_config_fills_defaults_and_registers_an_initialised_link_scorer():
     torch.manual_seed(0)
     scorer = NATForConditionalGeneration(config).model.link_scorer
     assert isinstance(scorer, DAGLinkScorer) and scorer.num_heads == 4
+    d = config.d_model  # by hand: query and key projections (4 heads x d/4 = d outputs each), a gate over 4 heads
+    assert sum(parameter.numel() for parameter in scorer.parameters()) == 2 * (d * d + d) + (d * 4 + 4)
     assert (scorer.query.bias == 0).all() and (scorer.key.bias == 0).all()  # _init_weights reached it
     assert abs(scorer.query.weight.std().item() - config.init_std) < 0.005  # not torch's default (~0.1 here)
     assert METHODS["dag"].is_single_pass({"decoding_strategy": "viterbi"})

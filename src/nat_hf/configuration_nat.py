@@ -72,10 +72,9 @@ class NATConfig(PreTrainedConfig):
         label_smoothing (`float`, defaults to 0.1):
             Label smoothing of the token cross-entropy.
         objective (`str`, defaults to `"cmlm"`):
-            The method (training objective, heads and decoding), a key of `nat_hf.methods.METHODS`: `"cmlm"`
-            (conditional masked LM, Mask-Predict), `"vanilla"` (every target position predicted in one pass),
-            `"glat"` (glancing training), `"ctc"` (upsampled decoder with a blank token) or `"dag"`
-            (DA-Transformer). The method's own rules on the other fields run with the architecture checks.
+            The method (training objective, heads and decoding), a key of `nat_hf.methods.METHODS` (the README
+            lists them), e.g. `"cmlm"` (conditional masked LM, Mask-Predict). The method's own rules on the other
+            fields run with the architecture checks.
         method_options (`dict`, *optional*):
             Training hyper-parameters of the method that are not fields here (e.g. an upsampling ratio, a glancing
             schedule), declared with their defaults and validated by the method (`TrainingOptions` in

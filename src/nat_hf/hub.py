@@ -46,43 +46,18 @@ DATASETS: dict[str, dict] = {
 }
 DISTILL_REPORT = "distill_report.json"  # written by `nat-hf distill` into its output directory
 
-# What a card says about each objective (`NATConfig.objective`): what the method does, for a reader of the Hub, and
-# the paper to cite. Kept here rather than read from the method files: card text is curated for strangers and
-# stable, where the method docstrings are notes for developers that change with the code; and a description
-# attribute on every `NATMethod` would put card wording into the method files. An objective missing here (a method
-# added later) is still described: by the first paragraph of its method class's docstring (`describe_objective`).
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "cmlm": ("a conditional masked language model with a length predictor, decoded with Mask-Predict: every target "
-             "token is predicted in parallel, then the least confident ones are predicted again over a few passes",
-             'Ghazvininejad et al., 2019, "Mask-Predict: Parallel Decoding of Conditional Masked Language Models"'),
-    "vanilla": ("one-pass non-autoregressive translation: a length predictor, then every target token predicted in "
-                "parallel",
-                'Gu et al., 2018, "Non-Autoregressive Neural Machine Translation"'),
-    "glat": ("glancing training (the decoder sees some reference tokens, fewer as it gets better) and one-pass "
-             "decoding with a length predictor",
-             'Qian et al., 2021, "Glancing Transformer for Non-Autoregressive Neural Machine Translation"'),
-    "ctc": ("an upsampled decoder (a fixed multiple of the source length) trained with CTC over a blank token; one "
-            "pass, then repeats and blanks are removed (no length predictor)",
-            'Libovický & Helcl, 2018, "End-to-End Non-Autoregressive Neural Machine Translation with Connectionist '
-            'Temporal Classification"; Saharia et al., 2020, "Non-Autoregressive Machine Translation with Latent '
-            'Alignments"'),
-    "dag": ("DA-Transformer: the upsampled decoder positions are the vertices of a directed acyclic graph with "
-            "learned links, trained on the sum over all its paths; one pass, then a path is chosen (greedy, "
-            "lookahead or Viterbi)",
-            'Huang et al., 2022, "Directed Acyclic Transformer for Non-Autoregressive Machine Translation"'),
-}
-
-
 def describe_objective(objective: str) -> str:
-    """What the card says the objective is: `OBJECTIVES`' text and paper, else the first paragraph of its method's
-    class docstring (`nat_hf.methods.METHODS`), else its name alone."""
-    if objective in OBJECTIVES:
-        text, paper = OBJECTIVES[objective]
-        return f"{text} ({paper})"
+    """What the card says the objective is: its method's `summary` and `paper` (declared in `method_<name>.py`,
+    so that a new method brings its own card text), else the first paragraph of the method class's docstring,
+    else its name alone."""
     from .methods import METHODS
 
     method = METHODS.get(objective)
-    doc = (type(method).__doc__ or "").strip() if method is not None else ""
+    if method is None:
+        return f"the `{objective}` objective of nat-hf"
+    if method.summary:
+        return f"{method.summary} ({method.paper})" if method.paper else method.summary
+    doc = (type(method).__doc__ or "").strip()
     first = " ".join(doc.split("\n\n")[0].split())
     return first.rstrip(".") if first else f"the `{objective}` objective of nat-hf"
 

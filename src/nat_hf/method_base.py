@@ -106,6 +106,9 @@ class NATMethod:
     `loss` and `decode`; the other hooks default to "nothing"."""
 
     name: str = ""
+    # what a model card says the method is (for a reader of the Hub) and the paper to cite
+    summary: str = ""
+    paper: str = ""
     Options: type = NoOptions
     # Training hyper-parameters kept in `NATConfig.method_options` (a dataclass; `validate(self)` may check them).
     TrainingOptions: type = NoOptions

@@ -158,6 +158,10 @@ class CMLMMethod(LengthHeadMethod):
     and is trained with label-smoothed cross-entropy on the masked positions only. Decodes with Mask-Predict."""
 
     name = "cmlm"
+    summary = ("a conditional masked language model with a length predictor, decoded with Mask-Predict: every "
+               "target token is predicted in parallel, then the least confident ones are predicted again over a few "
+               "passes")
+    paper = 'Ghazvininejad et al., 2019, "Mask-Predict: Parallel Decoding of Conditional Masked Language Models"'
     Options = MaskPredictOptions
 
     def validate_config(self, config) -> None:

@@ -403,6 +403,11 @@ class CTCMethod(NATMethod):
     the CTC loss of the second pass covers the whole sequence."""
 
     name = "ctc"
+    summary = ("an upsampled decoder (a fixed multiple of the source length) trained with CTC over a blank token; "
+               "one pass, then repeats and blanks are removed (no length predictor)")
+    paper = ('Libovický & Helcl, 2018, "End-to-End Non-Autoregressive Neural Machine Translation with Connectionist '
+             'Temporal Classification"; Saharia et al., 2020, "Non-Autoregressive Machine Translation with Latent '
+             'Alignments"')
     Options = CTCOptions
     TrainingOptions = CTCTrainingOptions
 

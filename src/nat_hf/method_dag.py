@@ -569,6 +569,10 @@ class DAGMethod(NATMethod):
     greedy, lookahead (default) or Viterbi over the same graph, the ends' tokens dropped."""
 
     name = "dag"
+    summary = ("DA-Transformer: the upsampled decoder positions are the vertices of a directed acyclic graph with "
+               "learned links, trained on the sum over all its paths; one pass, then a path is chosen (greedy, "
+               "lookahead or Viterbi)")
+    paper = 'Huang et al., 2022, "Directed Acyclic Transformer for Non-Autoregressive Machine Translation"'
     Options = DAGDecodingOptions
     TrainingOptions = DAGTrainingOptions
 

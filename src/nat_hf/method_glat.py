@@ -108,6 +108,9 @@ class GLATMethod(VanillaMethod):
     """Vanilla one-pass NAT trained with glancing (both decoder input modes); decodes in one pass by default."""
 
     name = "glat"
+    summary = ("glancing training (the decoder sees some reference tokens, fewer as it gets better) and one-pass "
+               "decoding with a length predictor")
+    paper = 'Qian et al., 2021, "Glancing Transformer for Non-Autoregressive Neural Machine Translation"'
     Options = OnePassOptions
     TrainingOptions = GLATTrainingOptions
 

@@ -16,6 +16,9 @@ class VanillaMethod(CMLMMethod):
     """Vanilla one-pass NAT: the loss on every target position; both decoder input modes."""
 
     name = "vanilla"
+    summary = ("one-pass non-autoregressive translation: a length predictor, then every target token predicted in "
+               "parallel")
+    paper = 'Gu et al., 2018, "Non-Autoregressive Neural Machine Translation"'
 
     def validate_config(self, config) -> None:
         """Both `decoder_input_mode`s suit vanilla training."""

@@ -145,9 +145,12 @@ def render_training(entry: dict) -> list[str]:
     return lines + [""]
 
 
-def record_bench(path: Path, name: str, command: str, gap_to: list[str] | None = None) -> Path:
+def record_bench(path: Path, name: str, command: str, gap_to: list[str] | None = None, note: str | None = None,
+                 interim: bool = False) -> Path:
     """Store a bench JSON as a record; `gap_to` names quality systems (e.g. the AR teacher) that every other
-    system's BLEU is compared with, in extra columns of the quality table."""
+    system's BLEU is compared with, in extra columns of the quality table. `note` says what the numbers alone do
+    not; an `interim` record (e.g. a checkpoint of a run still training) is rendered but never becomes the README
+    headline or the frontier plot."""
     data = json.loads(path.read_text())
     kind = "speed" if any("latency_ms" in entry for entry in data["systems"].values()) else "quality"
     unknown = [label for label in gap_to or [] if label not in data["systems"]]
@@ -156,7 +159,8 @@ def record_bench(path: Path, name: str, command: str, gap_to: list[str] | None =
     if unknown:
         raise ValueError(f"--gap-to names systems not in {path}: {unknown}; it has {sorted(data['systems'])}")
     entry = {"name": name, "kind": kind, "command": command, "commit": data["machine"]["commit"],
-             "date": data["machine"]["date"], "machine": data["machine"], "data": data, "gap_to": gap_to or []}
+             "date": data["machine"]["date"], "machine": data["machine"], "data": data, "gap_to": gap_to or [],
+             "note": note, "interim": interim}
     if kind == "quality":  # keep the scores, not the hypotheses
         for system in data["systems"].values():
             for scores in system["splits"].values():
@@ -220,6 +224,13 @@ def plot_speed(data: dict, name: str) -> None:
         plt.close(figure)
 
 
+def note_lines(entry: dict) -> list[str]:
+    """A bench record's note and interim flag, as list items."""
+    lines = ["- interim: measured on a checkpoint of a run still in progress; not the headline"] \
+        if entry.get("interim") else []
+    return lines + ([f"- note: {entry['note']}"] if entry.get("note") else [])
+
+
 def render_speed(entry: dict) -> list[str]:
     data, machine_info = entry["data"], entry["machine"]
     sizes = [str(size) for size in data["batch_sizes"]]
@@ -228,7 +239,7 @@ def render_speed(entry: dict) -> list[str]:
              f"- commit `{entry['commit']}`, {entry['date']}, on {machine_info['cpu']} ({machine_info['logical_cpus']}"
              f" logical CPUs, torch {machine_info['torch']}, {machine_info['torch_threads']} threads); "
              f"{data['sentences']} sentences, latency: median over the sentences one at a time; throughput: "
-             f"median of {data['repeats']} interleaved repeats", "",
+             f"median of {data['repeats']} interleaved repeats", *note_lines(entry), "",
              "| system | latency batch 1 median (ms) | p90 (ms) | "
              + " | ".join(f"sent/s batch {size}" for size in sizes) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in sizes) + " |"]
@@ -273,7 +284,7 @@ def render_speed(entry: dict) -> list[str]:
 def render_quality(entry: dict) -> list[str]:
     data, gap_to = entry["data"], entry.get("gap_to", [])
     lines = [f"### {entry['name']}", "", f"- command: `{entry['command']}`",
-             f"- commit `{entry['commit']}`, {entry['date']}, batch {data['batch_size']}", "",
+             f"- commit `{entry['commit']}`, {entry['date']}, batch {data['batch_size']}", *note_lines(entry), "",
              "| system | split | BLEU | " + "".join(f"BLEU gap to {label} | " for label in gap_to)
              + "chrF | repeated tokens (reference) | length error (relative) | BLEU by source length |",
              "| --- | --- | --- | " + "--- | " * len(gap_to) + "--- | --- | --- | --- |"]
@@ -365,9 +376,11 @@ def render() -> None:
             lines += [f"## {title}", ""]
             for entry in chosen:
                 lines += renderer(entry)
-    speeds = [entry for entry in entries if entry["kind"] == "speed"]
-    qualities = [entry for entry in entries if entry["kind"] == "quality"]
-    if speeds and qualities:  # the latest speed record, with the quality record that shares most of its systems
+    # the headline: the newest final speed record, with the final quality record that shares most of its systems
+    speeds = sorted((entry for entry in entries if entry["kind"] == "speed" and not entry.get("interim")),
+                    key=lambda entry: entry["date"])
+    qualities = [entry for entry in entries if entry["kind"] == "quality" and not entry.get("interim")]
+    if speeds and qualities:
         speed = speeds[-1]
         quality = max(qualities, key=lambda entry: len(set(entry["data"]["systems"]) & set(speed["data"]["systems"])))
         if plot_frontier(speed, quality, FRONTIER_SPLIT):
@@ -392,12 +405,15 @@ def main() -> None:
     bench_parser.add_argument("--command", dest="run_command", required=True)
     bench_parser.add_argument("--gap-to", action="append", metavar="LABEL",
                               help="quality only: add a column with each system's BLEU minus this system's")
+    bench_parser.add_argument("--note", help="what the numbers alone do not say")
+    bench_parser.add_argument("--interim", action="store_true",
+                              help="a checkpoint of a run in progress: rendered, never the README headline")
     commands.add_parser("render")
     args = parser.parse_args()
     if args.command == "record":
         print(record(args.run_dir, args.name, args.run_command, args.commit, args.note))
     elif args.command == "record-bench":
-        print(record_bench(args.bench_json, args.name, args.run_command, args.gap_to))
+        print(record_bench(args.bench_json, args.name, args.run_command, args.gap_to, args.note, args.interim))
     render()
 
 

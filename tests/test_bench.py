@@ -11,7 +11,7 @@ from nat_hf.bench import main, parse_system
 from nat_hf.methods import METHODS
 from nat_hf.tokenization import config_kwargs_from_tokenizer, train_tokenizer
 
-from .test_remote_code import objective_config_kwargs
+from .conftest import objective_config_kwargs
 
 
 def test_parse_system():
@@ -290,3 +290,29 @@ def test_the_repeated_token_share_is_reported_for_every_system(objective_systems
         assert scores["repeated_token_share"] == round(share, 4), objective
         assert scores["reference_repeated_token_share"] == round(
             repeated_token_share([tokenizer.tokenize(text) for text in references]), 4)
+
+
+def test_an_interim_record_is_rendered_but_never_the_headline(tmp_path):
+    """`record-bench --interim` (a checkpoint of a run in progress): its table and note appear in RESULTS.md, but
+    the README headline and the frontier keep the newest final records. Bench JSONs: the repository's own speed
+    and quality records' data."""
+    results = load_results_script(tmp_path)
+    records = Path(__file__).resolve().parents[1] / "benchmarks" / "records"
+    speed = json.loads((records / "speed.json").read_text())["data"]
+    quality = json.loads((records / "quality.json").read_text())["data"]
+    final, interim, quality_json = tmp_path / "final.json", tmp_path / "interim.json", tmp_path / "quality.json"
+    final.write_text(json.dumps(speed))
+    later = {**speed, "machine": {**speed["machine"], "date": "2099-01-01"}}
+    interim.write_text(json.dumps(later))
+    quality_json.write_text(json.dumps(quality))
+    headline = []
+    results.write_readme_block = lambda lines: True
+    results.plot_frontier = lambda speed, quality, split: headline.append(speed["name"]) or False
+    results.record_bench(final, "a-final", "cmd")
+    results.record_bench(quality_json, "q", "cmd")
+    results.record_bench(interim, "z-interim", "cmd", note="step 1500 of 2000", interim=True)
+    results.render()
+    text = results.RESULTS_MD.read_text()
+    assert "### z-interim" in text and "- note: step 1500 of 2000" in text
+    assert "- interim: measured on a checkpoint of a run still in progress" in text
+    assert headline == ["a-final"]  # the newer interim record (by date and by name) is not the headline

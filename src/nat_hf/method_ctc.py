@@ -452,7 +452,7 @@ class CTCMethod(NATMethod):
         blank = config.blank_token_id
         lengths, positions_mask, decoder_input_ids = self.plan(config, context.attention_mask)
         target_lengths = target_mask.sum(-1)
-        ratio = self.training_options(config).glancing_ratio(step) if model.training else 0.0  # eval: one pass
+        ratio = self.training_options(config).loss_ratio(model.training, step)
         if ratio > 0:
             with torch.no_grad():
                 first = model.lm_head(model.model.decode(decoder_input_ids, positions_mask, context))

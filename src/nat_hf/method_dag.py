@@ -625,7 +625,7 @@ class DAGMethod(NATMethod):
         vertex_lengths, vertex_mask, decoder_input_ids = self.plan_vertices(model, context)
         target_lengths = target_mask.sum(-1)
         target = target.masked_fill(~target_mask, config.pad_token_id)  # any valid id on padding
-        ratio = self.training_options(config).glancing_ratio(step) if model.training else 0.0  # eval: one pass
+        ratio = self.training_options(config).loss_ratio(model.training, step)
         if ratio > 0:
             with torch.no_grad():
                 hidden, logits, links = self.graph(model, decoder_input_ids, vertex_mask, context)

@@ -49,6 +49,11 @@ class GlancingOptions:
         except ValueError as error:
             raise ValueError(f"NATConfig: method_options {error}") from None
 
+    def loss_ratio(self, training: bool, step: int | None) -> float:
+        """The ratio a loss uses: the schedule's in training mode, 0 in eval mode (a validation loss is the
+        one-pass loss that decoding matches)."""
+        return self.glancing_ratio(step) if training else 0.0
+
     def glancing_ratio(self, step: int | None) -> float:
         """The ratio at training step `step`. `None` (a caller that does not count steps, e.g. transformers'
         Trainer) gives the start ratio."""
@@ -128,7 +133,7 @@ class GLATMethod(VanillaMethod):
             The second pass's logits `[batch, target_len, vocab]` and the token loss `[]`.
         """
         config = model.config
-        ratio = self.training_options(config).glancing_ratio(step) if model.training else 0.0
+        ratio = self.training_options(config).loss_ratio(model.training, step)
         decoder_input_ids = target.masked_fill(target_mask, config.mask_token_id)
         revealed = torch.zeros_like(target_mask)
         if ratio > 0:

@@ -11,6 +11,9 @@
 #   benchmarks/multi30k.sh singlepass-train  # issue 12: Mask-Predict, GLAT, CTC+GLAT, DAG+GLAT (upsampling 2, 4, 8)
 #                                             # (resumable: rerun after a kill, each run continues with --resume)
 #   benchmarks/multi30k.sh singlepass # issue 12: one speed + one quality run of those beside the AR teacher
+#   benchmarks/multi30k.sh speculative-train  # issue 13: greedy distillation, the CMLM drafter, the AR draft model
+#   benchmarks/multi30k.sh speculative # issue 13: one speed + one quality run: NAT-drafted speculative decoding
+#                                      # beside AR greedy, assisted generation (AR draft model), CTranslate2 greedy
 #
 # Each stage records its results (benchmarks/results.py) and re-renders RESULTS.md. Data and the teacher come
 # from ../shared (override with NAT_HF_DATA_DIR / NAT_HF_TEACHER). Run from the repository root.
@@ -31,6 +34,15 @@ mkdir -p runs/bench
 train_and_record() {  # CONFIG NAME
   nat-hf train "training/configs/$1.yaml"
   python benchmarks/results.py record "runs/$1" --name "$2" \
+    --command "NAT_HF_DATA_DIR=$NAT_HF_DATA_DIR NAT_HF_TEACHER=$NAT_HF_TEACHER nat-hf train training/configs/$1.yaml"
+}
+
+train_resumable() {  # CONFIG: train and record it, unless recorded earlier; a killed run continues (--resume)
+  [ -f "runs/$1/results.json" ] && return 0
+  local resume=""
+  [ -f "runs/$1/train_config.yaml" ] && resume="--resume"
+  nat-hf train "training/configs/$1.yaml" $resume
+  python benchmarks/results.py record "runs/$1" --name "$1" \
     --command "NAT_HF_DATA_DIR=$NAT_HF_DATA_DIR NAT_HF_TEACHER=$NAT_HF_TEACHER nat-hf train training/configs/$1.yaml"
 }
 
@@ -99,13 +111,37 @@ case ${1:-} in
   singlepass-train)
     for name in ${SINGLEPASS_CONFIGS:-multi30k_cmlm_distill_arinit multi30k_glat multi30k_ctc_glat multi30k_dag_glat \
         multi30k_dag_glat_r2 multi30k_dag_glat_r8}; do
-      [ -f "runs/$name/results.json" ] && continue  # finished (and recorded) earlier
-      resume=""
-      [ -f "runs/$name/train_config.yaml" ] && resume="--resume"  # a killed run continues
-      nat-hf train "training/configs/$name.yaml" $resume
-      python benchmarks/results.py record "runs/$name" --name "$name" \
-        --command "NAT_HF_DATA_DIR=$NAT_HF_DATA_DIR NAT_HF_TEACHER=$NAT_HF_TEACHER nat-hf train training/configs/$name.yaml"
+      train_resumable "$name"
     done
+    ;;
+  speculative-train)
+    # the teacher's greedy outputs on train (resumable by shards), then the NAT drafter and the AR draft model
+    [ -f runs/distill_greedy/distill_report.json ] || nat-hf distill "$NAT_HF_TEACHER" --data-dir "$NAT_HF_DATA_DIR" \
+      --output-dir runs/distill_greedy --num-beams 1 --threads "$THREADS"
+    [ -f runs/ar_shallow_init/config.json ] || python training/shallow_ar.py "$NAT_HF_TEACHER" runs/ar_shallow_init \
+      --decoder-layers 1
+    train_resumable multi30k_cmlm_greedy_distill_arinit
+    train_resumable multi30k_ar_shallow_draft
+    ;;
+  speculative)
+    drafter=runs/multi30k_cmlm_greedy_distill_arinit/best
+    systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
+--system spec-nat=$NAT_HF_TEACHER:drafter=$drafter,max_new_tokens=$AR_MAX \
+--system spec-nat-it2=$NAT_HF_TEACHER:drafter=$drafter,draft_iterations=2,max_new_tokens=$AR_MAX \
+--system assisted-ar=$NAT_HF_TEACHER:assistant=runs/multi30k_ar_shallow_draft/best,max_new_tokens=$AR_MAX \
+--system ct2-greedy=$NAT_HF_TEACHER:backend=ctranslate2,beam_size=1,max_decoding_length=$AR_MAX \
+--system drafter-1pass=$drafter:num_iterations=1,length_beam=1"
+    # every test sentence at batch 1: the identity check (same_output_as) covers the whole test set
+    command="nat-hf bench speed $systems --source $TEST.en --sentences 1000 --batch-sizes 1,64 --repeats 3 \
+--threads $THREADS --baseline ar-greedy --baseline ct2-greedy --output runs/bench/speculative_speed.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/speculative_speed.json --name speculative-speed \
+      --command "$command"
+    command="nat-hf bench quality $systems --data-dir $NAT_HF_DATA_DIR --splits test_2016_flickr \
+--threads $THREADS --output runs/bench/speculative_quality.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/speculative_quality.json --name speculative-quality \
+      --command "$command" --gap-to ar-greedy
     ;;
   singlepass)
     systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
@@ -132,7 +168,7 @@ case ${1:-} in
       --command "$command" --gap-to ar-greedy --gap-to ar-beam4
     ;;
   *)
-    echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass" >&2
+    echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass|speculative-train|speculative" >&2
     exit 2
     ;;
 esac

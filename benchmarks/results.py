@@ -195,7 +195,8 @@ def plot_speed(data: dict, name: str) -> None:
     styles = line_styles(data)
     figure, axis = plt.subplots(figsize=(8, 5))
     for label, entry in data["systems"].items():
-        sizes = sorted(int(size) for size in entry["throughput_sentences_per_second"])
+        sizes = sorted(int(size) for size, value in entry["throughput_sentences_per_second"].items()
+                       if value is not None)  # None: the system cannot translate batches of that size
         axis.plot(sizes, [1000 * size / entry["throughput_sentences_per_second"][str(size)] for size in sizes],
                   label=label, **styles[label])
     axis.set_xscale("log", base=2)
@@ -231,6 +232,10 @@ def note_lines(entry: dict) -> list[str]:
     return lines + ([f"- note: {entry['note']}"] if entry.get("note") else [])
 
 
+def ratio_cell(value) -> str:
+    return "n/a" if value is None else f"{value}x"
+
+
 def render_speed(entry: dict) -> list[str]:
     data, machine_info = entry["data"], entry["machine"]
     sizes = [str(size) for size in data["batch_sizes"]]
@@ -245,7 +250,11 @@ def render_speed(entry: dict) -> list[str]:
              "| --- | --- | --- | " + " | ".join("---" for _ in sizes) + " |"]
     for label, system in data["systems"].items():
         lines.append(f"| {label} | {system['latency_ms']['median']} | {system['latency_ms']['p90']} | "
-                     + " | ".join(str(system["throughput_sentences_per_second"][size]) for size in sizes) + " |")
+                     + " | ".join(str(system["throughput_sentences_per_second"][size] or "n/a") for size in sizes)
+                     + " |")
+    if any(value is None for system in data["systems"].values()
+           for value in system["throughput_sentences_per_second"].values()):
+        lines += ["", "n/a: the system translates one sentence per call (transformers' assisted generation)."]
     for baseline in baselines:  # ratios of the numbers above, one table per baseline
         lines += ["", f"Speed-up against `{baseline}` (its time / the system's time, > 1 is faster):", "",
                   "| system | latency batch 1 | " + " | ".join(f"throughput batch {size}" for size in sizes) + " |",
@@ -253,7 +262,26 @@ def render_speed(entry: dict) -> list[str]:
         for label, system in data["systems"].items():
             speedup = system["speedup"][baseline]
             lines.append(f"| {label} | {speedup['latency']}x | "
-                         + " | ".join(f"{speedup['throughput'][size]}x" for size in sizes) + " |")
+                         + " | ".join(ratio_cell(speedup["throughput"][size]) for size in sizes) + " |")
+    if baselines and all("same_output_as" in system for system in data["systems"].values()):
+        lines += ["", "Share of the batch-1 outputs identical to each baseline's:", "",
+                  "| system | " + " | ".join(f"same output as {baseline}" for baseline in baselines) + " |",
+                  "| --- |" + " --- |" * len(baselines)]
+        lines += [f"| {label} | " + " | ".join(f"{system['same_output_as'][baseline]:.2%}" for baseline in baselines)
+                  + " |" for label, system in data["systems"].items()]
+    drafted = [(label, system["speculative"]) for label, system in data["systems"].items() if "speculative" in system]
+    if drafted:
+        lines += ["", "Speculative decoding, counted over the batch-1 pass (a round = one AR forward pass; tokens per "
+                  "round = accepted drafted tokens + the AR's own token):", "",
+                  "| system | AR passes per sentence | tokens per round | accepted drafted tokens per round | "
+                  "accepted / drafted | by output length: sentences, passes per sentence, tokens per round |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for label, counts in drafted:
+            buckets = "; ".join(f"{name}: {bucket['sentences']}, {bucket['ar_forward_passes_per_sentence']}, "
+                                f"{bucket['tokens_per_round']}" for name, bucket in counts["by_output_length"].items())
+            lines.append(f"| {label} | {counts['ar_forward_passes_per_sentence']:.2f} | "
+                         f"{counts['tokens_per_round']:.2f} | {counts['accepted_per_round']:.2f} | "
+                         f"{counts['acceptance_rate']:.2%} | {buckets} |")
     overhead = [(label, system) for label, system in data["systems"].items() if "raw_forward_ms" in system]
     if overhead:
         lines += ["", "One-pass `generate` against its raw forward passes (batch 1; one encoder pass + one decoder "
@@ -343,7 +371,8 @@ def readme_summary(speed: dict, quality: dict, split: str) -> list[str]:
         cells = [str(scores["bleu"]) if scores else "not measured", str(system["latency_ms"]["median"])]
         for baseline in baselines:
             speedup = system["speedup"][baseline]
-            cells.append(" / ".join([f"{speedup['latency']}x"] + [f"{speedup['throughput'][size]}x" for size in sizes]))
+            cells.append(" / ".join([f"{speedup['latency']}x"] + [ratio_cell(speedup["throughput"][size])
+                                                                   for size in sizes]))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 

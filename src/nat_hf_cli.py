@@ -4,6 +4,7 @@ A top-level module, not part of the `nat_hf` package, so that `nat-hf --help` do
 transformers' model classes (about 4 s); each command imports what it needs."""
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +40,13 @@ def add_decoding_options(parser: argparse.ArgumentParser, with_methods: bool) ->
     parser.add_argument("--num-beams", type=int, help="beam size, for autoregressive models (e.g. a teacher)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on the output length, end-of-sentence included")
     parser.set_defaults(decoding_names=(*names, *GENERIC_DECODING_OPTIONS))
+    parser.add_argument("--drafter", metavar="NAT_MODEL", help="speculative decoding: this NAT model drafts, MODEL "
+                        "(an autoregressive encoder-decoder sharing its tokenizer) verifies; the output is MODEL's "
+                        "greedy output, token for token")
+    parser.add_argument("--draft-size", type=int, help="with --drafter: the most tokens drafted per round (default: "
+                        "the whole remainder)")
+    parser.add_argument("--draft-iterations", type=int, help="with --drafter: NAT decoder passes per draft "
+                        "(default 1)")
     parser.add_argument("--batch-size", type=int, default=50, help="sentences per generate call")
     parser.add_argument("--truncation", action="store_true", help="cut over-long sources to the model's limit "
                         "(with a warning on stderr naming each line) instead of failing them")
@@ -70,10 +78,51 @@ def decoding_kwargs(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in args.decoding_names if getattr(args, name) is not None}
 
 
+def speculative_options(args: argparse.Namespace, model) -> dict:
+    """The `generate` arguments of `--drafter` (none without it), checked: exit status 2 on a missing drafter, a
+    NAT MODEL, a drafter with another tokenizer, beam search, or draft flags without `--drafter`."""
+    from nat_hf.inference import ModelNotFoundError, load_translator
+    from nat_hf.speculative import speculative_kwargs
+
+    if args.drafter is None:
+        given = [flag for flag, value in (("--draft-size", args.draft_size),
+                                          ("--draft-iterations", args.draft_iterations)) if value is not None]
+        if given:
+            fail(f"{', '.join(given)} only apply with --drafter")
+        return {}
+    if args.num_beams is not None and args.num_beams != 1:
+        fail(f"--drafter gives the model's greedy output; --num-beams {args.num_beams} is beam search")
+    try:
+        with loading_bars(args):
+            drafter, _ = load_translator(args.drafter, device=args.device)
+        return speculative_kwargs(model, drafter, args.draft_size,
+                                  1 if args.draft_iterations is None else args.draft_iterations)
+    except ModelNotFoundError as error:
+        fail(f"--drafter: {error}")
+    except ValueError as error:
+        fail(f"--drafter: {error}")
+
+
 def fail(message: str, status: int = 2) -> NoReturn:
     """End the command with `error: message` on stderr (no traceback) and exit `status`."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(status)
+
+
+@contextlib.contextmanager
+def loading_bars(args: argparse.Namespace) -> Iterator[None]:
+    """transformers' "Loading weights" bars only with --progress (or on a terminal): stderr is for this command's
+    own messages."""
+    from transformers.utils import logging
+
+    bars = logging.is_progress_bar_enabled()
+    if not (args.progress if args.progress is not None else sys.stderr.isatty()):
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            logging.enable_progress_bar()
 
 
 def load(args: argparse.Namespace):
@@ -83,18 +132,11 @@ def load(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers.utils import logging
-
-    bars = logging.is_progress_bar_enabled()
-    if not (args.progress if args.progress is not None else sys.stderr.isatty()):
-        logging.disable_progress_bar()  # no "Loading weights" bar: stderr is for this command's own messages
     try:
-        return load_translator(args.model, device=args.device)
+        with loading_bars(args):
+            return load_translator(args.model, device=args.device)
     except ModelNotFoundError as error:
         fail(str(error))
-    finally:
-        if bars:
-            logging.enable_progress_bar()
 
 
 def check_options(model, args: argparse.Namespace) -> None:
@@ -167,6 +209,7 @@ def command_translate(args: argparse.Namespace) -> None:
         fail(f"--output {args.output} is the --input file: writing it would erase the input")
     model, tokenizer = load(args)
     check_options(model, args)
+    speculative = speculative_options(args, model)
     input_file = args.input.open("rb") if args.input else None
     if args.text:
         sources, what, total, typed = args.text, "text", len(args.text), True
@@ -183,7 +226,8 @@ def command_translate(args: argparse.Namespace) -> None:
         fail(f"cannot write --output {args.output}: {error}")
     bar = progress_bar(args, typed, total, streamed_output=output is sys.stdout)
     results = translate_lines(model, tokenizer, sources, args.batch_size, args.truncation, chunk_size,
-                              progress=bar.update if bar is not None else None, **decoding_kwargs(args))
+                              progress=bar.update if bar is not None else None, **decoding_kwargs(args),
+                              **speculative)
     failed = count = 0
     try:
         for count, result in enumerate(results, 1):
@@ -226,6 +270,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
         fail(f"{args.source} has {len(sources)} lines but {args.reference} has {len(references)}")
     model, tokenizer = load(args)
     check_options(model, args)
+    speculative = speculative_options(args, model)
     over = over_long_sources(model, tokenizer, sources)
     for index, tokens in over.items():  # reported before any decoding time is spent
         print(f"{'warning' if args.truncation else 'error'}: {args.source}:{index + 1}: "
@@ -237,7 +282,8 @@ def command_evaluate(args: argparse.Namespace) -> None:
     bar = progress_bar(args, False, len(sources))
     start = time.perf_counter()
     results = translate_lines(model, tokenizer, sources, args.batch_size, args.truncation, max(len(sources), 1),
-                              progress=bar.update if bar is not None else None, **decoding_kwargs(args))
+                              progress=bar.update if bar is not None else None, **decoding_kwargs(args),
+                              **speculative)
     hypotheses = [result.text for result in results]
     seconds = time.perf_counter() - start
     if bar is not None:
@@ -247,6 +293,9 @@ def command_evaluate(args: argparse.Namespace) -> None:
         Path(args.output).write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
     decoding = {name: getattr(model.generation_config, name, None) for name in args.decoding_names}
     decoding.update(decoding_kwargs(args))
+    if speculative:
+        decoding.update(drafter=str(args.drafter), draft_size=speculative["draft_size"],
+                        draft_iterations=speculative["draft_iterations"])
     print(json.dumps({
         "model": str(args.model), "model_class": type(model).__name__, "source": str(args.source),
         "sentences": len(sources), "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2),

@@ -316,3 +316,54 @@ def test_an_interim_record_is_rendered_but_never_the_headline(tmp_path):
     assert "### z-interim" in text and "- note: step 1500 of 2000" in text
     assert "- interim: measured on a checkpoint of a run still in progress" in text
     assert headline == ["a-final"]  # the newer interim record (by date and by name) is not the headline
+
+
+def test_speculative_and_assisted_systems_report_counts_and_match_greedy(tmp_path, toy_corpus, tiny_systems):
+    """`drafter=NAT` (ours) and `assistant=AR` (transformers' assisted generation) on an AR system: the batch-1
+    outputs equal the AR's greedy ones (`same_output_as`), and ours reports its rounds and acceptance."""
+    output = tmp_path / "speed.json"
+    ar = tmp_path / "ar"
+    main(["--system", f"ar-greedy={ar}:num_beams=1,max_new_tokens=10",
+          "--system", f"spec={ar}:drafter={tmp_path / 'nat'},draft_size=3,max_new_tokens=10",
+          "--system", f"assisted={ar}:assistant={ar},num_assistant_tokens=4,max_new_tokens=10",
+          "--source", str(toy_corpus / "val.en"), "--sentences", "5", "--batch-sizes", "1,2", "--repeats", "1",
+          "--threads", "1", "--baseline", "ar-greedy", "--output", str(output)])
+    systems = json.loads(output.read_text())["systems"]
+    assert {label: entry["same_output_as"]["ar-greedy"] for label, entry in systems.items()} == {
+        "ar-greedy": 1.0, "spec": 1.0, "assisted": 1.0}
+    counts = systems["spec"]["speculative"]
+    assert counts["sentences"] == 5 and 5 <= counts["ar_forward_passes"] <= 5 * 11
+    assert sum(bucket["sentences"] for bucket in counts["by_output_length"].values()) == 5
+    assert systems["spec"]["options"]["drafter"] == str(tmp_path / "nat")
+    assert "speculative" not in systems["assisted"] and "speculative" not in systems["ar-greedy"]
+    # assisted generation translates one sentence a call: no batch-2 throughput
+    assert systems["assisted"]["throughput_sentences_per_second"]["2"] is None
+    assert systems["assisted"]["speedup"]["ar-greedy"]["throughput"]["2"] is None
+    assert systems["spec"]["throughput_sentences_per_second"]["2"] > 0
+
+    # quality: the same system options (assisted generation decodes one sentence a call)
+    from nat_hf.quality import main as quality_main
+
+    quality = tmp_path / "quality.json"
+    quality_main(["--system", f"ar-greedy={ar}:num_beams=1,max_new_tokens=10",
+                  "--system", f"spec={ar}:drafter={tmp_path / 'nat'},max_new_tokens=10",
+                  "--system", f"assisted={ar}:assistant={ar},max_new_tokens=10",
+                  "--system", f"ct2={ar}:backend=ctranslate2,beam_size=1,max_decoding_length=10",
+                  "--data-dir", str(toy_corpus),
+                  "--splits", "val", "--batch-size", "8", "--threads", "1", "--output", str(quality)])
+    scores = json.loads(quality.read_text())["systems"]
+    assert scores["spec"]["splits"]["val"]["hypotheses"] == scores["ar-greedy"]["splits"]["val"]["hypotheses"]
+    assert scores["assisted"]["splits"]["val"]["hypotheses"] == scores["ar-greedy"]["splits"]["val"]["hypotheses"]
+    assert (scores["spec"]["batch_size"], scores["assisted"]["batch_size"]) == (8, 1)
+    assert len(scores["ct2"]["splits"]["val"]["hypotheses"]) == 40  # CTranslate2 systems are scored too
+
+    # RESULTS.md: the identity and acceptance tables, n/a where a system cannot batch
+    results = load_results_script(tmp_path)
+    results.record_bench(output, "tiny-spec", "nat-hf bench speed ...")
+    results.render()
+    text = results.RESULTS_MD.read_text()
+    assert "| spec | 100.00% |" in text and "| assisted | 100.00% |" in text
+    counts = systems["spec"]["speculative"]
+    assert (f"| spec | {counts['ar_forward_passes_per_sentence']:.2f} | {counts['tokens_per_round']:.2f} | "
+            in text)
+    assert "| assisted | " in text and "n/a" in text

@@ -253,3 +253,49 @@ def test_a_nat_option_for_an_autoregressive_model_exits_2(toy_model, capsys, tmp
     assert (status, out) == (2, "")
     assert err == (f"error: --length-beam: NAT decoding option(s), but {tmp_path / 'ar'} is not a NAT model "
                    "(MarianMTModel); use --num-beams / --max-new-tokens\n")
+
+
+def test_drafter_flag_gives_the_autoregressive_greedy_output_and_bad_uses_exit_2(toy_model, capsys, tmp_path):
+    """`--drafter NAT`: speculative decoding of the AR MODEL, whose greedy output it prints unchanged."""
+    from transformers import AutoTokenizer, MarianConfig, MarianMTModel
+
+    tokenizer = AutoTokenizer.from_pretrained(toy_model)
+    MarianMTModel(MarianConfig(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
+                               encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                               decoder_ffn_dim=32, max_position_embeddings=32, pad_token_id=0, eos_token_id=1,
+                               decoder_start_token_id=0)).save_pretrained(tmp_path / "ar")
+    tokenizer.save_pretrained(tmp_path / "ar")
+    capsys.readouterr()
+    ar = str(tmp_path / "ar")
+    sentences = ["three one two", "five", "four four one"]
+    status, greedy, _ = run_cli(["translate", ar, *sentences, "--max-new-tokens", "12"], capsys)
+    assert status == 0 and greedy  # (a random AR model: its outputs may hold line breaks)
+    for extra in ([], ["--draft-size", "2"], ["--draft-iterations", "2", "--batch-size", "1"]):
+        status, out, err = run_cli(["translate", ar, *sentences, "--max-new-tokens", "12", "--drafter",
+                                    str(toy_model), *extra], capsys)
+        assert (status, out) == (0, greedy), err
+    status, out, err = run_cli(["evaluate", ar, "--source", str(write(tmp_path / "s.en", sentences)), "--reference",
+                                str(write(tmp_path / "r.de", sentences)), "--drafter", str(toy_model),
+                                "--draft-size", "3"], capsys)
+    assert status == 0
+    decoding = json.loads(out)["decoding"]
+    assert (decoding["drafter"], decoding["draft_size"], decoding["draft_iterations"]) == (str(toy_model), 3, 1)
+
+    for argv, message in (
+        ([ar, "x", "--draft-size", "2"], "error: --draft-size only apply with --drafter\n"),
+        ([ar, "x", "--drafter", str(tmp_path / "none")], f"error: --drafter: model directory {tmp_path / 'none'} "
+                                                         "not found\n"),
+        ([str(toy_model), "x", "--drafter", str(toy_model)], "error: --drafter: speculative decoding verifies with "
+                                                             "an autoregressive model"),
+        ([ar, "x", "--drafter", str(toy_model), "--num-beams", "3"], "error: --drafter gives the model's greedy "
+                                                                     "output; --num-beams 3 is beam search\n"),
+        ([ar, "x", "--drafter", str(toy_model), "--draft-size", "0"], "error: --drafter: draft_size must be an "
+                                                                      "int >= 1 or None, got 0\n"),
+    ):
+        status, out, err = run_cli(["translate", *argv], capsys)
+        assert (status, out) == (2, "") and err.startswith(message), err
+
+
+def write(path, lines: list[str]):
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -137,3 +137,26 @@ def test_an_option_of_a_method_registered_later_is_refused_by_name(translator, m
     monkeypatch.setitem(METHODS, "fake", FakeMethod())
     with pytest.raises(ValueError, match=r"\['fake_exponent'\] do not apply to method 'cmlm'"):
         translator("three one", fake_exponent=2.0)
+
+
+def test_an_autoregressive_model_decodes_speculatively_through_the_pipeline(translator, tmp_path):
+    """`pipeline("nat-translation", model=AR)` with `speculative_kwargs(ar, nat)`: the AR model's greedy translations,
+    drafted by the NAT model."""
+    from transformers import MarianConfig, MarianMTModel
+
+    from nat_hf.speculative import SpeculativeStats, speculative_kwargs
+
+    tokenizer = translator.tokenizer
+    torch.manual_seed(0)
+    MarianMTModel(MarianConfig(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
+                               encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                               decoder_ffn_dim=32, max_position_embeddings=32, pad_token_id=0, eos_token_id=1,
+                               decoder_start_token_id=0)).save_pretrained(tmp_path / "ar")
+    tokenizer.save_pretrained(tmp_path / "ar")
+    ar = pipeline("nat-translation", model=str(tmp_path / "ar"))
+    sentences = ["three one two", "five", "four four one two"]
+    greedy = ar(sentences, max_new_tokens=12)
+    stats = SpeculativeStats()
+    drafted = ar(sentences, max_new_tokens=12, **speculative_kwargs(ar.model, translator.model, draft_size=3,
+                                                                   stats=stats))
+    assert drafted == greedy and len(stats.ar_forward_passes) == 3

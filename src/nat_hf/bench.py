@@ -76,7 +76,10 @@ class Translator:
     `raw_forward(texts)`.
 
     The option `backend=ctranslate2` (with `compute_type=default|int8|...`, `beam_size`) runs a Marian-architecture
-    AR model converted to CTranslate2 instead of transformers.
+    AR model converted to CTranslate2 instead of transformers. For an AR model, `drafter=NAT_DIR` (with
+    `draft_size`, `draft_iterations`) decodes speculatively (`nat_hf.speculative`: the AR's greedy output, drafted
+    by the NAT; `speculative_stats` counts its rounds), and `assistant=AR_DIR` (with `num_assistant_tokens`, ...)
+    runs transformers' assisted generation with that smaller AR draft model.
 
     `min_output_length`: a transformers model whose position tables are shorter is loaded with them extended
     (`extended_position_kwargs`), for timing only: a sinusoidal table is recomputed (its first rows equal the
@@ -91,6 +94,8 @@ class Translator:
         self.backend = self.options.pop("backend", "transformers")
         self.is_nat = self.one_pass = False
         self.positions_extended_to = None
+        self.speculative_stats = None
+        self.max_batch_size = None  # None: any; transformers' assisted generation translates one sentence a call
         if self.backend == "ctranslate2":
             from .ctranslate import CTranslate2Model
 
@@ -109,6 +114,17 @@ class Translator:
         # the method's options as it declares them (`viterbi_length_exponent=1` is the float 1.0), checked now: a
         # bad value or an option the model's method does not have is a ValueError naming it, before any timing
         self.options = typed_decoding_options(self.model, self.options)
+        drafter, assistant = self.options.pop("drafter", None), self.options.pop("assistant", None)
+        if drafter is not None:
+            from .speculative import SpeculativeStats, speculative_kwargs
+
+            self.speculative_stats = SpeculativeStats()
+            self.options.update(speculative_kwargs(self.model, load_translator(str(drafter))[0],
+                                                   self.options.pop("draft_size", None),
+                                                   self.options.pop("draft_iterations", 1), self.speculative_stats))
+        if assistant is not None:
+            self.options["assistant_model"] = load_translator(str(assistant))[0]
+            self.max_batch_size = 1
         check_generate_kwargs(self.model, self.options)
         self.options = with_output_length_cap(self.model, self.options)
         generation = self.model.generation_config
@@ -127,6 +143,10 @@ class Translator:
 
     def encode(self, texts: list[str]) -> dict:
         return self.tokenizer(texts, return_tensors="pt", padding=True)
+
+    def reset_speculative_stats(self) -> None:
+        if self.speculative_stats is not None:
+            self.speculative_stats.__init__()
 
     @torch.no_grad()
     def translate(self, texts: list[str]) -> list[str]:
@@ -193,25 +213,37 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
 
     latency = {t.system.label: [] for t in translators}
     raw = {t.system.label: [] for t in translators if t.one_pass}
+    outputs = {t.system.label: [] for t in translators}  # batch-1 translations, to compare systems
+    for translator in translators:
+        translator.reset_speculative_stats()  # the counts of the batch-1 pass: one call per sentence
     # The raw forward passes are jobs of their own in the rotation: run right after `generate` on the same model,
     # they would find its weights in cache, an advantage `generate` (run after another model) does not have.
     jobs = [(t.system.label, t.translate, latency) for t in translators]
     jobs += [(t.system.label, t.raw_forward, raw) for t in translators if t.one_pass]
     for index, sentence in enumerate(sentences):
         for label, function, times in jobs[index % len(jobs):] + jobs[: index % len(jobs)]:  # rotate the order
-            times[label].append(timed(function, [sentence]))
+            start = time.perf_counter()
+            result = function([sentence])
+            times[label].append(time.perf_counter() - start)
+            if times is latency:
+                outputs[label].append(result[0])
+    speculative = {t.system.label: speculative_report(t.speculative_stats) for t in translators
+                   if t.speculative_stats is not None}
 
     throughput = {t.system.label: {} for t in translators}
     for batch_size in batch_sizes:
         batches = [sentences[i : i + batch_size] for i in range(0, len(sentences), batch_size)]
-        runs = {t.system.label: [] for t in translators}
+        able = [t for t in translators if t.max_batch_size is None or batch_size <= t.max_batch_size]
+        runs = {t.system.label: [] for t in able}
         for repeat in range(repeats):
-            turn = translators[repeat % len(translators):] + translators[: repeat % len(translators)]
+            turn = able[repeat % len(able):] + able[: repeat % len(able)]
             for translator in turn:
                 seconds = sum(timed(translator.translate, batch) for batch in batches)
                 runs[translator.system.label].append(len(sentences) / seconds)
-        for label, values in runs.items():
-            throughput[label][str(batch_size)] = round(statistics.median(values), 2)
+        for translator in translators:  # null: the system cannot translate batches of this size
+            values = runs.get(translator.system.label)
+            throughput[translator.system.label][str(batch_size)] = round(statistics.median(values), 2) if values \
+                else None
 
     results = {"machine": machine(threads), "sentences": len(sentences), "repeats": repeats,
                "batch_sizes": batch_sizes, "baselines": list(baselines), "systems": {}}
@@ -226,6 +258,8 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
         }
         if label in raw:
             entry["raw_forward_ms"] = round(1000 * statistics.median(raw[label]), 2)
+        if label in speculative:
+            entry["speculative"] = speculative[label]
         results["systems"][label] = entry
     for entry in results["systems"].values():
         entry["speedup"] = {}
@@ -233,10 +267,37 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
             base = results["systems"][baseline]
             entry["speedup"][baseline] = {
                 "latency": round(base["latency_ms"]["median"] / entry["latency_ms"]["median"], 2),
-                "throughput": {size: round(value / base["throughput_sentences_per_second"][size], 2)
+                "throughput": {size: None if value is None or base["throughput_sentences_per_second"][size] is None
+                               else round(value / base["throughput_sentences_per_second"][size], 2)
                                for size, value in entry["throughput_sentences_per_second"].items()},
             }
+    for label, entry in results["systems"].items():  # share of batch-1 outputs equal to each baseline's
+        entry["same_output_as"] = {baseline: round(sum(a == b for a, b in zip(outputs[label], outputs[baseline],
+                                                                              strict=True)) / len(sentences), 4)
+                                   for baseline in baselines}
     return results
+
+
+LENGTH_BUCKETS = ((1, 10), (11, 20), (21, 30), (31, None))
+
+
+def speculative_report(stats) -> dict:
+    """`SpeculativeStats.summary()` (rounded) and, by output length (tokens, end-of-sentence included), the
+    sentences, AR forward passes per sentence and tokens per round."""
+    report = {name: round(value, 3) if isinstance(value, float) else value for name, value in stats.summary().items()}
+    by_length = {}
+    for low, high in LENGTH_BUCKETS:
+        rows = [row for row, tokens in enumerate(stats.output_tokens) if tokens >= low and (high is None or
+                                                                                             tokens <= high)]
+        if not rows:
+            continue
+        passes = sum(stats.ar_forward_passes[row] for row in rows)
+        by_length[f"{low}-{high}" if high else f"{low}+"] = {
+            "sentences": len(rows), "ar_forward_passes_per_sentence": round(passes / len(rows), 2),
+            "tokens_per_round": round(sum(stats.output_tokens[row] for row in rows) / passes, 2),
+            "accepted_per_round": round(sum(stats.accepted_tokens[row] for row in rows) / passes, 2)}
+    report["by_output_length"] = by_length
+    return report
 
 
 @torch.no_grad()

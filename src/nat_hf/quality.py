@@ -5,20 +5,23 @@ Per system and split: sacreBLEU and chrF; the share of consecutive repeated toke
 one-pass NAT decoding mixing modes), beside the same share in the references; the length error against the
 reference (mean relative and mean absolute, in subword tokens); and BLEU by source-length bucket. A NAT system takes
 its method's decoding options (`LABEL=MODEL:decoding_strategy=viterbi,viterbi_length_exponent=1.2` for a `dag`
-model), read as the types the method declares, as in `nat-hf bench speed`.
+model), read as the types the method declares, as in `nat-hf bench speed`, whose system options all apply
+(`drafter=NAT_DIR` speculative decoding, `assistant=AR_DIR` assisted generation, decoded one sentence at a time
+as transformers requires).
 """
 
 import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .bench import System, machine, parse_system
+from .bench import System, Translator, machine, parse_system
 from .data import read_parallel_text
-from .inference import check_generate_kwargs, load_translator, translate_texts, typed_decoding_options
+from .inference import translate_texts
 
 LENGTH_BUCKETS = ((1, 10), (11, 20), (21, 30), (31, 10_000))
 
@@ -31,10 +34,15 @@ def repeated_token_share(token_lists: list[list[str]]) -> float:
 
 
 def quality_report(model, tokenizer, sources: list[str], references: list[str], metric, batch_size: int = 50,
-                   **generate_kwargs) -> dict:
-    """Scores of `model` on one split (see the module docstring)."""
+                   translate: Callable[[list[str]], list[str]] | None = None, **generate_kwargs) -> dict:
+    """Scores of `model` on one split (see the module docstring); `translate` (texts -> translations, e.g. a
+    CTranslate2 model's) replaces `model.generate`, `tokenizer` then only counts tokens."""
     start = time.perf_counter()
-    hypotheses = translate_texts(model, tokenizer, sources, batch_size, **generate_kwargs)
+    if translate is None:
+        hypotheses = translate_texts(model, tokenizer, sources, batch_size, **generate_kwargs)
+    else:
+        hypotheses = [text for begin in range(0, len(sources), batch_size)
+                      for text in translate(sources[begin : begin + batch_size])]
     seconds = time.perf_counter() - start
     scores = metric.compute(predictions=hypotheses, references=references)
     hypothesis_tokens = [tokenizer.tokenize(text) for text in hypotheses]
@@ -71,13 +79,16 @@ def benchmark_quality(systems: list[System], data_dir: Path, splits: list[str], 
     data = {split: read_parallel_text(data_dir, split, source_lang, target_lang) for split in splits}
     results = {"machine": machine(threads), "data_dir": str(data_dir), "batch_size": batch_size, "systems": {}}
     for system in systems:
-        model, tokenizer = load_translator(system.path)
-        options = typed_decoding_options(model, system.options)  # a NAT method's options as it declares them
-        check_generate_kwargs(model, options)  # before any split is decoded
-        entry = {"model": system.path, "options": options, "splits": {}}
+        translator = Translator(system, threads)  # options typed and checked before any split is decoded
+        size = batch_size if translator.max_batch_size is None else min(batch_size, translator.max_batch_size)
+        entry = {"model": system.path, "options": translator.reported_options(), "batch_size": size, "splits": {}}
         for split, columns in data.items():
-            entry["splits"][split] = quality_report(model, tokenizer, columns["source"], columns["target"], metric,
-                                                    batch_size, **options)
+            if translator.backend == "ctranslate2":  # sources are not blank here: no special case needed
+                entry["splits"][split] = quality_report(None, translator.ct2.tokenizer, columns["source"],
+                                                        columns["target"], metric, size, translate=translator.translate)
+            else:
+                entry["splits"][split] = quality_report(translator.model, translator.tokenizer, columns["source"],
+                                                        columns["target"], metric, size, **translator.options)
         results["systems"][system.label] = entry
     return results
 

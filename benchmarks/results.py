@@ -152,7 +152,8 @@ def record_bench(path: Path, name: str, command: str, gap_to: list[str] | None =
     not; an `interim` record (e.g. a checkpoint of a run still training) is rendered but never becomes the README
     headline or the frontier plot."""
     data = json.loads(path.read_text())
-    kind = "speed" if any("latency_ms" in entry for entry in data["systems"].values()) else "quality"
+    kind = "toy" if "task" in data else \
+        "speed" if any("latency_ms" in entry for entry in data["systems"].values()) else "quality"
     unknown = [label for label in gap_to or [] if label not in data["systems"]]
     if kind != "quality" and gap_to:
         raise ValueError("--gap-to only applies to a quality benchmark")
@@ -353,6 +354,23 @@ def plot_frontier(speed: dict, quality: dict, split: str) -> bool:
     return True
 
 
+def render_toy(entry: dict) -> list[str]:
+    """benchmarks/toy_two_mode.py: exact match per method, decoding and seed."""
+    data = entry["data"]
+    seeds = [str(seed) for seed in data["seeds"]]
+    lines = [f"### {entry['name']}", "", f"- command: `{entry['command']}`",
+             f"- commit `{entry['commit']}`, {entry['date']}, {entry['machine']['torch_threads']} threads; toy task "
+             f"`{data['task']}`, exact match on 500 held-out pairs", *note_lines(entry), "",
+             "| method | decoding | " + " | ".join(f"seed {seed}" for seed in seeds) + " | mean |",
+             "| --- | --- | " + "--- | " * (len(seeds) + 1)]
+    for label, system in data["systems"].items():
+        for decoding, values in system["exact_match"].items():
+            mean = sum(values[seed] for seed in seeds) / len(seeds)
+            lines.append(f"| {label} | {decoding} | " + " | ".join(f"{values[seed]:.1%}" for seed in seeds)
+                         + f" | {mean:.1%} |")
+    return lines + [""]
+
+
 def readme_summary(speed: dict, quality: dict, split: str) -> list[str]:
     """The README's results block: per system of the speed record, BLEU on `split` (when the quality record has
     it), batch-1 latency, and the speed-ups against each baseline at batch 1 and, when measured, batch 64."""
@@ -399,7 +417,8 @@ def render() -> None:
     for entry in entries:
         if entry["kind"] == "training":
             lines += render_training(entry)
-    for kind, title, renderer in (("speed", "Speed", render_speed), ("quality", "Quality", render_quality)):
+    for kind, title, renderer in (("speed", "Speed", render_speed), ("quality", "Quality", render_quality),
+                                  ("toy", "Toy tasks", render_toy)):
         chosen = [entry for entry in entries if entry["kind"] == kind]
         if chosen:
             lines += [f"## {title}", ""]

@@ -367,3 +367,25 @@ def test_speculative_and_assisted_systems_report_counts_and_match_greedy(tmp_pat
     assert (f"| spec | {counts['ar_forward_passes_per_sentence']:.2f} | {counts['tokens_per_round']:.2f} | "
             in text)
     assert "| assisted | " in text and "n/a" in text
+
+
+def test_toy_two_mode_script_records_exact_match_per_method_and_seed(tmp_path, monkeypatch):
+    """benchmarks/toy_two_mode.py (recipes shortened to a few steps here) and its RESULTS.md table."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_two_mode.py"
+    spec = importlib.util.spec_from_file_location("toy_two_mode", path)
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    assert set(toy.RECIPES) == {"cmlm", "glat", "ctc", "dag+glancing"}
+    short = {label: ({**recipe, "steps": 2}, decodings) for label, (recipe, decodings) in toy.RECIPES.items()}
+    monkeypatch.setattr(toy, "RECIPES", short)
+    output = tmp_path / "toy.json"
+    data = toy.main(["--seeds", "0", "1", "--methods", "cmlm", "dag+glancing", "--threads", "1", "--output",
+                     str(output)])
+    assert set(data["systems"]) == {"cmlm", "dag+glancing"}
+    assert set(data["systems"]["dag+glancing"]["exact_match"]) == {"greedy", "lookahead", "viterbi"}
+    results = load_results_script(tmp_path)
+    results.record_bench(output, "toy", "python benchmarks/toy_two_mode.py ...")
+    results.render()
+    text = results.RESULTS_MD.read_text()
+    values = data["systems"]["cmlm"]["exact_match"]["1 pass"]
+    assert f"| cmlm | 1 pass | {values['0']:.1%} | {values['1']:.1%} |" in text and "## Toy tasks" in text

@@ -4,26 +4,15 @@ About a minute on two CPU cores: two models of 200k parameters, 800 steps of 64 
 """
 
 import pytest
-import torch
 
-from nat_hf import NATConfig, NATForConditionalGeneration
-from nat_hf.toy import evaluate_toy_model, make_toy_pairs, train_toy_model
-
-VOCAB = list(range(5, 17))  # 12 content symbols after the 5 special tokens
+from nat_hf import NATForConditionalGeneration
+from nat_hf.toy import evaluate_toy_model, learn_toy_task
 
 
 def train_on(task: str, seed: int = 0) -> tuple[NATForConditionalGeneration, list]:
-    config = NATConfig(
-        vocab_size=5 + len(VOCAB), d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, max_source_positions=16,
-        max_target_positions=16, max_length_offset=8, dropout=0.0, normalize_before=True, blank_token_id=4,
-    )
-    torch.manual_seed(seed)
-    model = NATForConditionalGeneration(config)
-    train = make_toy_pairs(task, 20000, VOCAB, min_len=2, max_len=8, seed=seed + 1)
-    losses = train_toy_model(model, train, steps=800, learning_rate=3e-3, warmup_steps=50, seed=seed)
+    model, test, losses = learn_toy_task(task, steps=800, seed=seed)
     assert sum(losses[-50:]) / 50 < losses[0] / 2
-    return model, make_toy_pairs(task, 500, VOCAB, min_len=2, max_len=8, seed=seed + 2)
+    return model, test
 
 
 def test_cmlm_learns_sorting_with_mask_predict(record_property):

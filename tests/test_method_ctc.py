@@ -19,7 +19,7 @@ from nat_hf.method_ctc import (
     required_input_lengths,
     upsampled_lengths,
 )
-from nat_hf.toy import evaluate_toy_model, make_toy_pairs, train_toy_model
+from nat_hf.toy import evaluate_toy_model, learn_toy_task
 
 from .conftest import TINY
 
@@ -557,23 +557,15 @@ def test_save_and_load_round_trip_gives_the_same_translations(tmp_path, source_b
 
 
 # ---------------------------------------------------------------------------------------------- learning
-TOY_VOCAB = list(range(5, 17))  # 12 content symbols after the 5 special tokens (4 is the blank)
 
 
 def train_ctc_on(task: str, steps: int, glancing_ratio: float = 0.0, seed: int = 0):
     """A tiny `ctc` model (upsampling ratio 2) trained from scratch on a toy task, and 500 test pairs."""
-    config = NATConfig(
-        vocab_size=5 + len(TOY_VOCAB), d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, max_source_positions=16,
-        max_target_positions=32, dropout=0.0, normalize_before=True, blank_token_id=4, objective="ctc",
-        method_options={"upsample_ratio": 2.0, "glancing_ratio_start": glancing_ratio},
-    )
-    torch.manual_seed(seed)
-    model = NATForConditionalGeneration(config)
-    train = make_toy_pairs(task, 20000, TOY_VOCAB, min_len=2, max_len=8, seed=seed + 1)
-    losses = train_toy_model(model, train, steps=steps, learning_rate=3e-3, warmup_steps=50, seed=seed)
+    model, test, losses = learn_toy_task(task, steps, seed, objective="ctc", max_target_positions=32,
+                                         method_options={"upsample_ratio": 2.0,
+                                                         "glancing_ratio_start": glancing_ratio})
     assert sum(losses[-50:]) / 50 < losses[0] / 2
-    return model, make_toy_pairs(task, 500, TOY_VOCAB, min_len=2, max_len=8, seed=seed + 2)
+    return model, test
 
 
 def test_ctc_learns_sorting_in_one_pass(record_property):

@@ -327,7 +327,7 @@ from nat_hf import NATConfig, NATForConditionalGeneration  # noqa: E402
 from nat_hf.method_base import NonFiniteScoresError, special_token_ids  # noqa: E402
 from nat_hf.method_dag import bracketed_emissions, path_log_probability  # noqa: E402
 from nat_hf.methods import METHODS  # noqa: E402
-from nat_hf.toy import evaluate_toy_model, make_toy_pairs, train_toy_model  # noqa: E402
+from nat_hf.toy import evaluate_toy_model, learn_toy_task  # noqa: E402
 
 from .conftest import TINY  # noqa: E402
 
@@ -593,24 +593,15 @@ def test_save_and_load_restore_the_link_scorer_and_the_generate_output(tmp_path)
 # upsampling ratio of 2 learn fastest here: 200 steps reach 100% on sort; without glancing the two-mode task stays
 # near 15% at this budget (ratio 2 or 4), with it 52-58% (seeds 0, 1); ratio 4 with 300 steps reached 97%.
 
-LEARN_VOCAB = list(range(5, 17))
 
 
 def train_dag_on(task: str, steps: int = 200, seed: int = 0, **method_options):
     ratio = method_options.setdefault("upsample_ratio", 2.0)
     method_options.setdefault("glancing_ratio_start", 0.5)
-    config = NATConfig(
-        vocab_size=17, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, max_source_positions=16,
-        max_target_positions=math.ceil(ratio * 16), max_length_offset=8, dropout=0.0, normalize_before=True,
-        blank_token_id=4, objective="dag", method_options=method_options,
-    )
-    torch.manual_seed(seed)
-    model = NATForConditionalGeneration(config)
-    train = make_toy_pairs(task, 20000, LEARN_VOCAB, min_len=2, max_len=8, seed=seed + 1)
-    losses = train_toy_model(model, train, steps=steps, learning_rate=5e-3, warmup_steps=50, seed=seed)
+    model, test, losses = learn_toy_task(task, steps, seed, learning_rate=5e-3, objective="dag",
+                                         max_target_positions=math.ceil(ratio * 16), method_options=method_options)
     assert sum(losses[-20:]) / 20 < losses[0] / 2
-    return model, make_toy_pairs(task, 500, LEARN_VOCAB, min_len=2, max_len=8, seed=seed + 2)
+    return model, test
 
 
 def test_dag_learns_sorting_in_one_pass(record_property):

@@ -12,10 +12,8 @@ from nat_hf import NATConfig, NATForConditionalGeneration
 from nat_hf.method_base import masked_token_loss, predict_tokens, special_token_ids
 from nat_hf.method_glat import GlancingOptions, GLATMethod, GLATTrainingOptions, glancing_counts, glancing_reveal
 from nat_hf.methods import METHODS
-from nat_hf.toy import evaluate_toy_model, make_toy_pairs, train_toy_model
+from nat_hf.toy import evaluate_toy_model, learn_toy_task
 from tests.conftest import TINY
-
-VOCAB = list(range(5, 17))  # 12 content symbols after the 5 special tokens (as in tests/test_learning.py)
 
 
 def glat_model(decoder_input_mode: str = "mask", seed: int = 0, **method_options) -> NATForConditionalGeneration:
@@ -271,18 +269,10 @@ def test_a_sentence_alone_decodes_as_in_a_padded_batch(mode, source_batch):
 # ------------------------------------------------------------------------------------------- learning
 def train_glat_on(task: str, steps: int, method_options: dict, seed: int = 0):
     """A tiny glat model (tests/test_learning.py's size) trained with the toy loop, which passes the step."""
-    config = NATConfig(
-        vocab_size=5 + len(VOCAB), d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, max_source_positions=16,
-        max_target_positions=16, max_length_offset=8, dropout=0.0, normalize_before=True, blank_token_id=4,
-        objective="glat", decoder_input_mode="mask", method_options=method_options,
-    )
-    torch.manual_seed(seed)
-    model = NATForConditionalGeneration(config)
-    train = make_toy_pairs(task, 20000, VOCAB, min_len=2, max_len=8, seed=seed + 1)
-    losses = train_toy_model(model, train, steps=steps, learning_rate=3e-3, warmup_steps=50, seed=seed)
+    model, test, losses = learn_toy_task(task, steps, seed, objective="glat", decoder_input_mode="mask",
+                                         method_options=method_options)
     assert sum(losses[-50:]) / 50 < losses[0] / 2
-    return model, make_toy_pairs(task, 500, VOCAB, min_len=2, max_len=8, seed=seed + 2)
+    return model, test
 
 
 def test_glat_learns_sorting_in_one_pass(record_property):

@@ -12,6 +12,12 @@ import torch
 from transformers import get_scheduler
 
 TOY_TASKS = ("reverse", "sort", "reverse_or_sort", "sort_up_or_down")
+TOY_CONTENT = list(range(5, 17))  # 12 content symbols after the special ids pad, eos, unk, mask (3), blank (4)
+# the learning tests' model: about 200k parameters, trained in seconds (`learn_toy_task`)
+TOY_MODEL = dict(vocab_size=5 + len(TOY_CONTENT), d_model=64, encoder_layers=2, decoder_layers=2,
+                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
+                 max_source_positions=16, max_target_positions=16, max_length_offset=8, dropout=0.0,
+                 normalize_before=True, blank_token_id=4)
 
 
 @dataclass
@@ -91,6 +97,21 @@ def train_toy_model(
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def learn_toy_task(task: str, steps: int, seed: int = 0, learning_rate: float = 3e-3, **config: object
+                   ) -> tuple:
+    """The learning tests' recipe in one place: a `TOY_MODEL` NAT model (`config` overrides its fields, e.g.
+    `objective="dag"`, `method_options={...}`) trained from scratch with `train_toy_model` (warmup 50) on 20000
+    pairs of `task` (2-8 symbols of `TOY_CONTENT`). Returns the model, 500 held-out test pairs and the losses."""
+    from .configuration_nat import NATConfig
+    from .modeling_nat import NATForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = NATForConditionalGeneration(NATConfig(**{**TOY_MODEL, **config}))
+    train = make_toy_pairs(task, 20000, TOY_CONTENT, min_len=2, max_len=8, seed=seed + 1)
+    losses = train_toy_model(model, train, steps=steps, learning_rate=learning_rate, warmup_steps=50, seed=seed)
+    return model, make_toy_pairs(task, 500, TOY_CONTENT, min_len=2, max_len=8, seed=seed + 2), losses
 
 
 @dataclass

@@ -122,12 +122,15 @@ case ${1:-} in
       --decoder-layers 1
     train_resumable multi30k_cmlm_greedy_distill_arinit
     train_resumable multi30k_ar_shallow_draft
+    train_resumable multi30k_cmlm_greedy_distill_arinit_suffix
     ;;
   speculative)
     drafter=runs/multi30k_cmlm_greedy_distill_arinit/best
     systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
 --system spec-nat=$NAT_HF_TEACHER:drafter=$drafter,max_new_tokens=$AR_MAX \
 --system spec-nat-it2=$NAT_HF_TEACHER:drafter=$drafter,draft_iterations=2,max_new_tokens=$AR_MAX \
+--system spec-nat-k8=$NAT_HF_TEACHER:drafter=$drafter,draft_size=8,max_new_tokens=$AR_MAX \
+--system spec-suffix=$NAT_HF_TEACHER:drafter=${drafter%/best}_suffix/best,max_new_tokens=$AR_MAX \
 --system assisted-ar=$NAT_HF_TEACHER:assistant=runs/multi30k_ar_shallow_draft/best,max_new_tokens=$AR_MAX \
 --system ct2-greedy=$NAT_HF_TEACHER:backend=ctranslate2,beam_size=1,max_decoding_length=$AR_MAX \
 --system drafter-1pass=$drafter:num_iterations=1,length_beam=1"

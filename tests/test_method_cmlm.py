@@ -49,3 +49,44 @@ def test_cmlm_objective_trains_on_masked_positions_only(tiny_model):
 def test_objective_table_has_the_shared_signature():
     assert {"cmlm", "vanilla"} <= set(METHODS)
     assert all(name == method.name for name, method in METHODS.items())
+
+
+def test_suffix_masking_observes_a_prefix_and_masks_the_rest():
+    """`suffix_mask_rate`: that share of targets masked as a speculative drafter is asked, a random-length prefix
+    observed and everything after it masked; rate 0 draws exactly Mask-Predict's masks."""
+    target_mask = torch.tensor([[True] * 6 + [False] * 2, [True] * 3 + [False] * 5])
+    torch.manual_seed(1)
+    plain = [sample_cmlm_mask(target_mask) for _ in range(20)]
+    torch.manual_seed(1)
+    assert all(torch.equal(a, sample_cmlm_mask(target_mask, 0.0)) for a in plain)
+    torch.manual_seed(0)
+    prefixes = set()
+    for _ in range(300):
+        masked = sample_cmlm_mask(target_mask, 1.0)
+        assert not (masked & ~target_mask).any()
+        for row, length in enumerate((6, 3)):
+            prefix = int((~masked[row, :length]).sum())
+            assert masked[row, prefix:length].all() and not masked[row, :prefix].any()  # a suffix, >= 1 token
+            prefixes.add((row, prefix))
+    assert prefixes == {(0, p) for p in range(6)} | {(1, p) for p in range(3)}  # every prefix length is drawn
+    torch.manual_seed(0)
+    suffix_rows = sum(bool((m := sample_cmlm_mask(target_mask[:1], 0.5))[0, int((~m[0, :6]).sum()):6].all())
+                      for _ in range(400))
+    assert 200 <= suffix_rows <= 330  # half suffix-masked, plus random masks that are suffixes by chance (~1/4)
+
+
+def test_suffix_mask_rate_is_a_cmlm_training_option_checked_by_name():
+    import pytest
+
+    from nat_hf import NATConfig
+
+    from .conftest import TINY
+
+    config = NATConfig(**TINY, method_options={"suffix_mask_rate": 0.5})
+    assert config.method_options == {"suffix_mask_rate": 0.5}
+    assert NATConfig(**TINY).method_options == {"suffix_mask_rate": 0.0}  # defaults filled in
+    for bad in (1.5, -0.1, "half", True):
+        with pytest.raises(ValueError, match="suffix_mask_rate must be a number in"):
+            NATConfig(**TINY, method_options={"suffix_mask_rate": bad})
+    with pytest.raises(ValueError, match="not options of method 'vanilla'"):
+        NATConfig(**TINY, objective="vanilla", method_options={"suffix_mask_rate": 0.5})

@@ -49,14 +49,33 @@ class MaskPredictOptions:
                              "condition on its own previous output")
 
 
-def sample_cmlm_mask(target_mask: torch.Tensor) -> torch.Tensor:
+@dataclass
+class CMLMTrainingOptions:
+    """CMLM's masking (in `NATConfig.method_options`)."""
+
+    # share of training targets masked the way a speculative drafter is asked (nat_hf.speculative): a prefix of
+    # random length 0 .. L-1 observed, every position after it masked; the others keep Mask-Predict's masking
+    suffix_mask_rate: float = 0.0
+
+    def validate(self, config=None) -> None:
+        rate = self.suffix_mask_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"NATConfig: method_options suffix_mask_rate must be a number in [0, 1], got {rate!r}")
+        self.suffix_mask_rate = float(rate)
+
+
+def sample_cmlm_mask(target_mask: torch.Tensor, suffix_mask_rate: float = 0.0) -> torch.Tensor:
     """Choose the target positions to mask for CMLM training.
 
     Per sentence of length L >= 1, the number of masked tokens is uniform in {1, ..., L} and the masked positions
-    are a uniformly random subset of that size (Ghazvininejad et al., 2019). Uses torch's global RNG.
+    are a uniformly random subset of that size (Ghazvininejad et al., 2019). With `suffix_mask_rate` > 0, that
+    share of the sentences (at random) instead masks every position from a uniform prefix length in {0, ..., L-1}
+    on: the input of a drafter continuing a known prefix. Uses torch's global RNG (the same draws as without
+    suffix masking, then its own).
 
     Args:
         target_mask: `[batch, target_len]` bool, `True` on real target tokens.
+        suffix_mask_rate: share of suffix-masked sentences, in [0, 1].
 
     Returns:
         `[batch, target_len]` bool, `True` where the decoder input is replaced by `<mask>`.
@@ -65,7 +84,14 @@ def sample_cmlm_mask(target_mask: torch.Tensor) -> torch.Tensor:
     uniform = torch.rand(lengths.shape, device=target_mask.device)
     num_masked = torch.minimum((lengths * uniform).long() + 1, lengths)  # [batch], in {1..L}, 0 when L = 0
     random_scores = torch.rand(target_mask.shape, device=target_mask.device)
-    return lowest_scoring_positions(random_scores, target_mask, num_masked)
+    masked = lowest_scoring_positions(random_scores, target_mask, num_masked)
+    if suffix_mask_rate > 0:
+        prefix = (lengths * torch.rand(lengths.shape, device=target_mask.device)).long()  # [batch], in {0..L-1}
+        positions = torch.arange(target_mask.shape[1], device=target_mask.device)
+        suffix = target_mask & (positions[None, :] >= prefix[:, None])
+        chosen = torch.rand(lengths.shape, device=target_mask.device) < suffix_mask_rate  # [batch]
+        masked = torch.where(chosen[:, None], suffix, masked)
+    return masked
 
 
 def refine(
@@ -163,6 +189,7 @@ class CMLMMethod(LengthHeadMethod):
                "passes")
     paper = 'Ghazvininejad et al., 2019, "Mask-Predict: Parallel Decoding of Conditional Masked Language Models"'
     Options = MaskPredictOptions
+    TrainingOptions = CMLMTrainingOptions
 
     def validate_config(self, config) -> None:
         if config.decoder_input_mode != "mask":
@@ -173,7 +200,7 @@ class CMLMMethod(LengthHeadMethod):
         return options["num_iterations"] == 1 and options["length_beam"] == 1
 
     def token_loss(self, model, context, target, target_mask, step=None) -> tuple[torch.Tensor, torch.Tensor]:
-        masked = sample_cmlm_mask(target_mask)  # [batch, target_len]
+        masked = sample_cmlm_mask(target_mask, self.training_options(model.config).suffix_mask_rate)
         decoder_input_ids = target.masked_fill(masked, model.config.mask_token_id)
         logits = model.decoder_logits(decoder_input_ids, target_mask, context)
         return logits, masked_token_loss(logits, target, masked, model.config.label_smoothing)

@@ -8,7 +8,7 @@ only (`num_iterations > 1` raises ValueError naming it).
 
 import torch
 
-from .method_base import masked_token_loss
+from .method_base import NoOptions, masked_token_loss
 from .method_cmlm import CMLMMethod
 
 
@@ -19,6 +19,7 @@ class VanillaMethod(CMLMMethod):
     summary = ("one-pass non-autoregressive translation: a length predictor, then every target token predicted in "
                "parallel")
     paper = 'Gu et al., 2018, "Non-Autoregressive Neural Machine Translation"'
+    TrainingOptions = NoOptions  # every position is masked: CMLM's masking options do not apply
 
     def validate_config(self, config) -> None:
         """Both `decoder_input_mode`s suit vanilla training."""

@@ -1,4 +1,4 @@
-"""The `nat-hf` command: `train`, `translate`, `evaluate`, `distill`, `bench speed|quality`, `card`, `push`.
+"""The `nat-hf` command: `train`, `translate`, `evaluate`, `distill`, `export`, `bench speed|quality`, `card`, `push`.
 
 A top-level module, not part of the `nat_hf` package, so that `nat-hf --help` does not pay for importing
 transformers' model classes (about 4 s); each command imports what it needs."""
@@ -53,7 +53,10 @@ def add_decoding_options(parser: argparse.ArgumentParser, with_methods: bool) ->
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, help="a progress bar on stderr "
                         "(default: when stderr is a terminal, the input is a file or piped, not typed, and the "
                         "output is not printed on the terminal)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, help="CPU threads (torch's, or ONNX Runtime's for a model exported "
+                        "with nat-hf export)")
+    parser.add_argument("--int8", action="store_true", help="for a model exported with nat-hf export --int8: its "
+                        "int8 graphs")
     parser.add_argument("--device", default="cpu")
 
 
@@ -134,8 +137,8 @@ def load(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     try:
         with loading_bars(args):
-            return load_translator(args.model, device=args.device)
-    except ModelNotFoundError as error:
+            return load_translator(args.model, device=args.device, int8=args.int8, threads=args.threads)
+    except (ModelNotFoundError, ValueError) as error:
         fail(str(error))
 
 
@@ -354,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # these have their own parsers; listed here for --help
     commands.add_parser("distill", help="sequence-level distillation with an AR teacher (see nat-hf distill -h)")
+    commands.add_parser("export", help="export a NAT model to ONNX, fp32 and int8 (see nat-hf export -h)")
     commands.add_parser("bench", help="benchmarks: `nat-hf bench speed -h`, `nat-hf bench quality -h`")
     commands.add_parser("card", help="write a model card from measured results (see nat-hf card -h)")
     commands.add_parser("push", help="upload a model directory to the Hub, or --dry-run (see nat-hf push -h)")
@@ -362,6 +366,11 @@ def main(argv: list[str] | None = None) -> None:
         from nat_hf.distill import main as distill_main
 
         distill_main(argv[1:])
+        return
+    if argv[:1] == ["export"]:
+        from nat_hf.onnx_runtime import main as export_main
+
+        export_main(argv[1:])
         return
     if argv[:2] == ["bench", "speed"]:
         from nat_hf.bench import main as speed_main

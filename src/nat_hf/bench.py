@@ -76,7 +76,8 @@ class Translator:
     `raw_forward(texts)`.
 
     The option `backend=ctranslate2` (with `compute_type=default|int8|...`, `beam_size`) runs a Marian-architecture
-    AR model converted to CTranslate2 instead of transformers. For an AR model, `drafter=NAT_DIR` (with
+    AR model converted to CTranslate2 instead of transformers. A directory written by `nat-hf export` runs on ONNX
+    Runtime with `threads` intra-op threads (`int8=1`: its quantised graphs). For an AR model, `drafter=NAT_DIR` (with
     `draft_size`, `draft_iterations`) decodes speculatively (`nat_hf.speculative`: the AR's greedy output, drafted
     by the NAT; `speculative_stats` counts its rounds), and `assistant=AR_DIR` (with `num_assistant_tokens`, ...)
     runs transformers' assisted generation with that smaller AR draft model.
@@ -95,6 +96,7 @@ class Translator:
         self.is_nat = self.one_pass = False
         self.positions_extended_to = None
         self.speculative_stats = None
+        self.onnx = False
         self.max_batch_size = None  # None: any; transformers' assisted generation translates one sentence a call
         if self.backend == "ctranslate2":
             from .ctranslate import CTranslate2Model
@@ -107,8 +109,16 @@ class Translator:
             raise ValueError(f"backend must be transformers or ctranslate2, got {self.backend!r}")
         config = AutoConfig.from_pretrained(system.path, trust_remote_code=True)
         extend = min_output_length > output_limit(config)
+        int8 = bool(self.options.pop("int8", False))  # an ONNX export's quantised graphs (nat-hf export --int8)
+        from .onnx_runtime import is_onnx_export
+
+        self.onnx = is_onnx_export(system.path)
+        if self.onnx and extend:
+            raise ValueError(f"{system.label}: an ONNX export cannot be timed past its {output_limit(config)} "
+                             "positions")
         self.model, self.tokenizer = load_translator(
-            system.path, **(extended_position_kwargs(config, min_output_length) if extend else {}))
+            system.path, int8=int8, threads=threads if self.onnx else None,
+            **(extended_position_kwargs(config, min_output_length) if extend else {}))
         self.positions_extended_to = min_output_length if extend else None
         self.is_nat = getattr(self.model, "nat_method", None) is not None
         # the method's options as it declares them (`viterbi_length_exponent=1` is the float 1.0), checked now: a
@@ -132,8 +142,10 @@ class Translator:
         self.nat_options = None if not self.is_nat else {
             name: self.options.get(name, getattr(generation, name, default))
             for name, default in self.model.nat_method.option_defaults().items()}
-        self.one_pass = self.is_nat and self.model.nat_method.is_single_pass(self.nat_options)
-        self.model_class, self.parameters = type(self.model).__name__, self.model.num_parameters()
+        # raw forward passes are torch modules': none for an ONNX export
+        self.one_pass = self.is_nat and not self.onnx and self.model.nat_method.is_single_pass(self.nat_options)
+        self.model_class = type(self.model).__name__ + (" (int8)" if int8 else "")
+        self.parameters = None if self.onnx else self.model.num_parameters()
         self.max_length = output_limit(self.model.config)
 
     def reported_options(self) -> dict:

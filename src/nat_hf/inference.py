@@ -44,8 +44,11 @@ def check_model_directory(path: Path) -> None:
                                  "missing (save one with tokenizer.save_pretrained)")
 
 
-def load_translator(name_or_path: str | Path, device: str = "cpu", **from_pretrained_kwargs) -> tuple:
-    """The model (through `AutoModelForSeq2SeqLM`, remote code allowed) and its tokenizer, ready to translate.
+def load_translator(name_or_path: str | Path, device: str = "cpu", int8: bool = False, threads: int | None = None,
+                    **from_pretrained_kwargs) -> tuple:
+    """The model (through `AutoModelForSeq2SeqLM`, remote code allowed) and its tokenizer, ready to translate. A
+    directory written by `nat-hf export` loads as an `ORTNATForConditionalGeneration` (ONNX Runtime; `int8`: its
+    quantised graphs, `threads`: ONNX Runtime's intra-op threads); `int8` and `threads` apply to those only.
 
     Raises `ModelNotFoundError` with one clear message when the directory does not exist (and the name is no Hub
     repo id), lacks its config or tokenizer files, or the Hub cannot provide the repo."""
@@ -55,8 +58,15 @@ def load_translator(name_or_path: str | Path, device: str = "cpu", **from_pretra
     local = path.exists()
     if local:
         check_model_directory(path)
+        from .onnx_runtime import ORTNATForConditionalGeneration, is_onnx_export
+
+        if is_onnx_export(path):
+            model = ORTNATForConditionalGeneration.from_pretrained(path, int8=int8, threads=threads)
+            return model.to(device), AutoTokenizer.from_pretrained(path)
     elif not is_hub_repo_id(str(name_or_path)):
         raise ModelNotFoundError(f"model directory {name_or_path} not found")
+    if int8:
+        raise ValueError(f"int8 applies to a model exported with nat-hf export --int8; {name_or_path} is not one")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, trust_remote_code=True, **from_pretrained_kwargs)

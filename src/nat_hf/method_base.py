@@ -257,7 +257,7 @@ def predict_tokens(
     """
     budget = LOGITS_BUDGET_BYTES if budget_bytes is None else budget_bytes
     flat = hidden.reshape(-1, hidden.shape[-1])
-    chunk = max(1, budget // (4 * output_layer.weight.shape[0]))  # positions per chunk
+    chunk = max(1, budget // (4 * output_layer.out_features))  # positions per chunk
     tokens, scores = [], []
     for start in range(0, max(flat.shape[0], 1), chunk):  # an empty input still makes one (empty) chunk
         logits = output_layer(flat[start : start + chunk]).float()  # [chunk, vocab]

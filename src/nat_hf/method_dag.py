@@ -169,7 +169,8 @@ class DAGLinkScorer(nn.Module):
             raise ValueError(f"expected hidden_states [B, L, d] and vertex_mask [B, L], got "
                              f"{tuple(hidden_states.shape)} and {tuple(vertex_mask.shape)}")
         vertex_mask = vertex_mask.bool()
-        if (vertex_mask[:, 1:] & ~vertex_mask[:, :-1]).any():
+        # a check on values: skipped while traced (torch.export, ONNX export), as the model's own checks
+        if not torch.compiler.is_compiling() and (vertex_mask[:, 1:] & ~vertex_mask[:, :-1]).any():
             raise ValueError("vertex_mask must be right-padded (True then False in every row)")
         batch, vertices, _ = hidden_states.shape
         dtype = _compute_dtype(hidden_states)

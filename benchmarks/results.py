@@ -245,7 +245,8 @@ def render_speed(entry: dict) -> list[str]:
              f"- commit `{entry['commit']}`, {entry['date']}, on {machine_info['cpu']} ({machine_info['logical_cpus']}"
              f" logical CPUs, torch {machine_info['torch']}, {machine_info['torch_threads']} threads); "
              f"{data['sentences']} sentences, latency: median over the sentences one at a time; throughput: "
-             f"median of {data['repeats']} interleaved repeats", *note_lines(entry), "",
+             f"median of {data['repeats']} interleaved repeats"
+             + (f", batches of sentences {data['batching']}" if data.get("batching") else ""), *note_lines(entry), "",
              "| system | latency batch 1 median (ms) | p90 (ms) | "
              + " | ".join(f"sent/s batch {size}" for size in sizes) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in sizes) + " |"]

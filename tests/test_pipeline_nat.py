@@ -160,3 +160,15 @@ def test_an_autoregressive_model_decodes_speculatively_through_the_pipeline(tran
     drafted = ar(sentences, max_new_tokens=12, **speculative_kwargs(ar.model, translator.model, draft_size=3,
                                                                    stats=stats))
     assert drafted == greedy and len(stats.ar_forward_passes) == 3
+
+
+def test_a_list_is_batched_by_token_length_and_answered_in_input_order(translator, generate_calls):
+    sentences = ["one two three four five six seven", "two", "three four five six", "four five", "six"]
+    alone = [translator(text, num_iterations=2)[0]["translation_text"] for text in sentences]
+    generate_calls.clear()
+    outputs = translator(sentences, batch_size=2, num_iterations=2)
+    assert [output["translation_text"] for output in outputs] == alone
+    lengths = [len(translator.tokenizer(text)["input_ids"]) for text in sentences]
+    pad = translator.tokenizer.pad_token_id
+    batches = [sorted(sum(token != pad for token in row) for row in call["rows"]) for call in generate_calls]
+    assert batches == [sorted(lengths)[0:2], sorted(lengths)[2:4], sorted(lengths)[4:]]

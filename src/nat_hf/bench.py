@@ -7,9 +7,10 @@ A system is a saved model (NAT or AR, directory or repo id) with its decoding op
 `ar-greedy=TEACHER_DIR:num_beams=1`. A NAT system takes the options of its model's method (any method of
 `nat_hf.methods.METHODS`), each read as the type the method declares; an option its method does not have is an
 error naming it. Measured per system: latency at batch 1 (median and p90 over the sentences, one sentence at a time,
-the systems taking turns on each sentence), throughput in sentences per second at each batch size (median of
-repeats, the systems taking turns), and for NAT systems whose method calls their options single-pass
-(`NATMethod.is_single_pass`, e.g. one iteration and one length candidate) the raw forward passes of the method's
+the systems taking turns on each sentence), throughput in sentences per second at each batch size (batches of
+length-sorted sentences, the same for every system; median of repeats, the systems taking turns), and for NAT
+systems whose method calls their options single-pass (`NATMethod.is_single_pass`, e.g. one iteration and one length
+candidate) the raw forward passes of the method's
 `timing_pass` (e.g. one encoder pass + one decoder pass on the predicted length), the same arithmetic without
 `generate`'s bookkeeping: their ratio is the overhead of `generate`. Speed-ups are against each
 `--baseline` system (repeat the option for several). The machine is shared and noisy: report medians, and never
@@ -243,8 +244,10 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
                    if t.speculative_stats is not None}
 
     throughput = {t.system.label: {} for t in translators}
+    # batches of similar length, as `nat-hf translate` makes them: the same batches for every system
+    by_length = sorted(sentences, key=len)
     for batch_size in batch_sizes:
-        batches = [sentences[i : i + batch_size] for i in range(0, len(sentences), batch_size)]
+        batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
         able = [t for t in translators if t.max_batch_size is None or batch_size <= t.max_batch_size]
         runs = {t.system.label: [] for t in able}
         for repeat in range(repeats):
@@ -258,7 +261,8 @@ def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: li
                 else None
 
     results = {"machine": machine(threads), "sentences": len(sentences), "repeats": repeats,
-               "batch_sizes": batch_sizes, "baselines": list(baselines), "systems": {}}
+               "batch_sizes": batch_sizes, "batching": "sorted by character length", "baselines": list(baselines),
+               "systems": {}}
     for translator in translators:
         label = translator.system.label
         entry = {

@@ -14,7 +14,8 @@ class NATTranslationPipeline(Pipeline):
     """Translate a string or a list of strings; returns `[{"translation_text": ...}, ...]`.
 
     Call-time options: `truncation` (default `False`: a source longer than the model accepts raises an error
-    instead of being cut), `batch_size`, and decoding options, all passed on to `model.generate` (the method's
+    instead of being cut), `batch_size` (a list is batched in order of token length, less padding; the results
+    come back in input order), and decoding options, all passed on to `model.generate` (the method's
     options, e.g. `num_iterations`, `length_beam` for cmlm, `decoding_strategy`, `viterbi_length_exponent` for
     dag; `max_new_tokens`, ...). A NAT model checks them (through its method) when they are given, so a bad one,
     or an option only another method has, raises `ValueError` naming it before any sentence is translated. A blank
@@ -45,6 +46,9 @@ class NATTranslationPipeline(Pipeline):
             return [{"translation_text": ""} for _ in texts]
         if isinstance(inputs, str):
             return [super().__call__(inputs, **kwargs)]
+        # batches of similar length pad less: translate in token-length order, answer in input order
+        lengths = [len(ids) for ids in self.tokenizer([texts[index] for index in keep])["input_ids"]]
+        keep = [index for _, index in sorted(zip(lengths, keep, strict=True))]
         translated = super().__call__([texts[index] for index in keep], **kwargs)
         outputs = [{"translation_text": ""} for _ in texts]
         for index, output in zip(keep, translated, strict=True):

@@ -85,8 +85,11 @@ class OracleDrafter:
 
 def greedy_and_speculative(ar, input_ids, attention_mask, drafter, max_new_tokens=20, **kwargs):
     """The AR's greedy output and the speculative one, with its stats; `drafter` is a NAT model, or a function of
-    the greedy output that returns a drafter (the adversarial ones)."""
-    greedy = ar.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens)
+    the greedy output that returns a drafter (the adversarial ones). `kwargs` (draft options excepted) go to both
+    `generate` calls."""
+    shared = {key: value for key, value in kwargs.items() if key not in ("draft_size", "draft_iterations")}
+    greedy = ar.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                         **shared)
     stats = SpeculativeStats()
     if not isinstance(drafter, torch.nn.Module):
         drafter = drafter(greedy)
@@ -216,3 +219,16 @@ def test_shared_teacher_output_is_unchanged_on_test_sentences():
                                                            drafter, max_new_tokens=128)
             assert torch.equal(output, greedy)
             check_passes(stats)
+
+
+def test_outputs_longer_than_the_drafters_positions_and_other_logits_processors(toy_ar, toy_drafter):
+    """Past the drafter's `max_target_positions` (24) the AR continues alone (nothing drafted, no error); the
+    processors `generate` builds from other options (here a minimum length, a repetition penalty) apply to each
+    verified position as in greedy search."""
+    input_ids, attention_mask = sources(4, seed=5)
+    for options in ({"min_new_tokens": 30, "max_new_tokens": 40}, {"repetition_penalty": 1.5, "max_new_tokens": 30},
+                    {"no_repeat_ngram_size": 2, "max_new_tokens": 30}):
+        greedy, output, stats = greedy_and_speculative(toy_ar, input_ids, attention_mask, toy_drafter, **options)
+        assert torch.equal(output, greedy), options
+        check_passes(stats)
+    assert min(stats.output_tokens) >= 1

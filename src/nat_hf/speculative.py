@@ -114,7 +114,8 @@ class NATDrafter:
         limit = config.max_target_positions
         lengths = torch.minimum(self.planned_lengths(prefix_lengths), torch.full_like(prefix_lengths, limit))
         budget = torch.where(prefix_lengths >= limit, 0, budget)  # the NAT has no position for the next token
-        lengths = torch.maximum(lengths, prefix_lengths)
+        # a row without budget gets an empty target (it must not exceed the NAT's positions)
+        lengths = torch.where(budget > 0, torch.maximum(lengths, prefix_lengths), 0)
         width = int(budget.max()) if budget.numel() else 0
         drafts = torch.full((prefix.shape[0], width), -1, dtype=torch.long, device=prefix.device)
         if width == 0:

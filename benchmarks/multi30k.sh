@@ -126,11 +126,15 @@ case ${1:-} in
     ;;
   speculative)
     drafter=runs/multi30k_cmlm_greedy_distill_arinit/best
+    # the same drafter on ONNX Runtime (fp32): drafting costs less, the output is the teacher's all the same
+    [ -f runs/multi30k_cmlm_greedy_distill_arinit/onnx/onnx_export.json ] || \
+      nat-hf export $drafter runs/multi30k_cmlm_greedy_distill_arinit/onnx > /dev/null
     systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
 --system spec-nat=$NAT_HF_TEACHER:drafter=$drafter,max_new_tokens=$AR_MAX \
 --system spec-nat-it2=$NAT_HF_TEACHER:drafter=$drafter,draft_iterations=2,max_new_tokens=$AR_MAX \
 --system spec-nat-k8=$NAT_HF_TEACHER:drafter=$drafter,draft_size=8,max_new_tokens=$AR_MAX \
 --system spec-suffix=$NAT_HF_TEACHER:drafter=${drafter%/best}_suffix/best,max_new_tokens=$AR_MAX \
+--system spec-nat-onnx=$NAT_HF_TEACHER:drafter=${drafter%/best}/onnx,max_new_tokens=$AR_MAX \
 --system assisted-ar=$NAT_HF_TEACHER:assistant=runs/multi30k_ar_shallow_draft/best,max_new_tokens=$AR_MAX \
 --system ct2-greedy=$NAT_HF_TEACHER:backend=ctranslate2,beam_size=1,max_decoding_length=$AR_MAX \
 --system drafter-1pass=$drafter:num_iterations=1,length_beam=1"

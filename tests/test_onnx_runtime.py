@@ -137,3 +137,22 @@ def test_bench_times_an_export_as_a_system(cmlm_export, tmp_path, toy_corpus):
     assert systems["onnx"]["model_class"] == "ORTNATForConditionalGeneration"
     assert systems["onnx-int8"]["model_class"] == "ORTNATForConditionalGeneration (int8)"
     assert systems["onnx"]["same_output_as"]["torch"] == 1.0 and "raw_forward_ms" not in systems["onnx"]
+
+
+def test_an_export_drafts_for_speculative_decoding(cmlm_export):
+    """The ONNX Runtime model is a drafter like the torch one (`nat_hf.speculative`): the AR's greedy output."""
+    from transformers import MarianConfig, MarianMTModel
+
+    from nat_hf.speculative import SpeculativeStats, speculative_kwargs
+
+    directory, exported = cmlm_export
+    onnx_model, tokenizer = load_translator(exported, threads=1)
+    torch.manual_seed(0)
+    ar = MarianMTModel(MarianConfig(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
+                                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                                    decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
+                                    decoder_start_token_id=0)).eval()
+    batch = tokenizer(["three one two", "five four four one", "two"], return_tensors="pt", padding=True)
+    stats = SpeculativeStats()
+    output = ar.generate(**batch, max_new_tokens=12, **speculative_kwargs(ar, onnx_model, stats=stats))
+    assert torch.equal(output, ar.generate(**batch, max_new_tokens=12)) and len(stats.ar_forward_passes) == 3

@@ -96,9 +96,15 @@ def record(run_dir: Path, name: str, command: str, commit: str | None, note: str
 
 
 def describe_decoding(options: dict) -> str:
+    """Decoding options in words: AR beam size, Mask-Predict iterations and length beam, else `key value` pairs
+    (e.g. a DAG's `decoding_strategy lookahead`). Other keys of `options` (a run's results) are ignored."""
     if "num_beams" in options:
         return "greedy" if options["num_beams"] == 1 else f"beam {options['num_beams']}"
-    return f"{options['num_iterations']} iterations, length beam {options['length_beam']}"
+    if "num_iterations" in options:
+        return f"{options['num_iterations']} iterations, length beam {options['length_beam']}"
+    named = {key: value for key, value in options.items() if key in ("decoding_strategy", "viterbi_length_exponent",
+                                                                     "lookahead_weight")}
+    return ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in named.items()) or "the method's defaults"
 
 
 def render_training(entry: dict) -> list[str]:
@@ -107,8 +113,11 @@ def render_training(entry: dict) -> list[str]:
     family = model.get("family", "nat")
     evaluation = config["eval"]
     kind = model["objective"] if family == "nat" else "AR (Marian architecture)"
-    periodic = ({"num_beams": evaluation.get("num_beams", 1)} if family == "ar" else
-                {"num_iterations": evaluation["num_iterations"], "length_beam": evaluation["length_beam"]})
+    if "decoding" in evaluation:  # eval.decoding, a mapping of the method's options (older runs: flat keys)
+        periodic = evaluation["decoding"] or ({"num_beams": 1} if family == "ar" else {})
+    else:
+        periodic = ({"num_beams": evaluation.get("num_beams", 1)} if family == "ar" else
+                    {"num_iterations": evaluation["num_iterations"], "length_beam": evaluation["length_beam"]})
     lines = [
         f"### {entry['name']}",
         "",

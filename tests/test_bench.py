@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import MarianConfig, MarianMTModel
 
 from nat_hf import NATConfig, NATForConditionalGeneration
@@ -389,3 +390,32 @@ def test_toy_two_mode_script_records_exact_match_per_method_and_seed(tmp_path, m
     text = results.RESULTS_MD.read_text()
     values = data["systems"]["cmlm"]["exact_match"]["1 pass"]
     assert f"| cmlm | 1 pass | {values['0']:.1%} | {values['1']:.1%} |" in text and "## Toy tasks" in text
+
+
+@pytest.mark.parametrize(("family", "decoding", "words"), [
+    ("nat", {"decoding_strategy": "lookahead"}, "decoding strategy lookahead"),
+    ("nat", {"num_iterations": 4, "length_beam": 3}, "4 iterations, length beam 3"),
+    ("ar", {"num_beams": 1}, "greedy"),
+])
+def test_a_training_record_renders_with_the_eval_decoding_mappings(tmp_path, family, decoding, words):
+    """Training runs configured with `eval.decoding` / `eval.final_decoding` (any method's options) render."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text("\n".join(json.dumps(record) for record in (
+        {"event": "start", "time": 0.0}, {"event": "train", "step": 1, "loss": 5.0},
+        {"event": "eval", "step": 2, "train_seconds": 60.0, "valid_loss": 4.0, "valid_bleu": 12.5})) + "\n")
+    (run / "results.json").write_text(json.dumps({
+        "steps": 2, "epochs": 0, "train_seconds": 60.0, "best_valid_bleu": 12.5, "best_step": 2, "val_bleu": 12.0,
+        "val_chrf": 30.0, "val_decode_seconds": 1.0, "sacrebleu_signature": "sig", **decoding}))
+    model = {"family": family, "d_model": 8, "encoder_layers": 1, "decoder_layers": 1, "attention_heads": 2,
+             "ffn_dim": 16, "dropout": 0.1, **({"objective": "dag"} if family == "nat" else {})}
+    (run / "train_config.yaml").write_text(yaml.safe_dump({
+        "model": model, "data": {"data_dir": "d", "source_lang": "en", "target_lang": "de"},
+        "eval": {"decoding": decoding, "final_decoding": decoding, "max_sentences": 500, "batch_size": 50},
+        "run": {"threads": 1}}))
+    results = load_results_script(tmp_path)
+    results.record(run, "run", "nat-hf train x.yaml", commit="abc1234")
+    results.render()
+    text = results.RESULTS_MD.read_text()
+    assert f"(periodic validation BLEU 12.50 with {words}, first 500 sentences)" in text
+    assert f"| split | sacreBLEU | chrF | decoding time ({words}, batch 50) |" in text

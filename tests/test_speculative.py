@@ -232,3 +232,27 @@ def test_outputs_longer_than_the_drafters_positions_and_other_logits_processors(
         assert torch.equal(output, greedy), options
         check_passes(stats)
     assert min(stats.output_tokens) >= 1
+
+
+def test_draft_agreement_script_counts_every_prefix(toy_ar, toy_drafter):
+    """benchmarks/draft_agreement.py: one draft per prefix of each greedy output; a prefix whose first drafted
+    token agrees has a run >= 1, so the mean run is at least the first-token agreement."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "draft_agreement.py"
+    spec = importlib.util.spec_from_file_location("draft_agreement", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    class Tokenizer:  # the toy sources are ids already
+        def __call__(self, texts, return_tensors):
+            ids = torch.tensor([[int(token) for token in texts[0].split()]])
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    input_ids, attention_mask = sources(4, seed=6)
+    texts = [" ".join(str(token) for token in row[mask.bool()].tolist())
+             for row, mask in zip(input_ids, attention_mask, strict=True)]
+    report = script.agreement(toy_ar, Tokenizer(), toy_drafter, texts, max_new_tokens=20)
+    greedy = [toy_ar.generate(**Tokenizer()([text], "pt"), max_new_tokens=20)[0, 1:] for text in texts]
+    assert report["prefixes"] == sum(len(output) for output in greedy) and report["sentences"] == 4
+    assert report["mean_agreeing_run"] >= report["first_token_agreement"] > 0

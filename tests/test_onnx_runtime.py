@@ -131,12 +131,14 @@ def test_bench_times_an_export_as_a_system(cmlm_export, tmp_path, toy_corpus):
     bench_main(["--system", f"torch={directory}:num_iterations=1,length_beam=1",
                 "--system", f"onnx={exported}:num_iterations=1,length_beam=1",
                 "--system", f"onnx-int8={exported}:int8=1,num_iterations=1,length_beam=1",
+                "--system", f"torch-int8={directory}:int8=1,num_iterations=1,length_beam=1",
                 "--source", str(toy_corpus / "val.en"), "--sentences", "4", "--batch-sizes", "1,2", "--repeats",
                 "1", "--threads", "1", "--baseline", "torch", "--output", str(output)])
     systems = json.loads(output.read_text())["systems"]
     assert systems["onnx"]["model_class"] == "ORTNATForConditionalGeneration"
     assert systems["onnx-int8"]["model_class"] == "ORTNATForConditionalGeneration (int8)"
     assert systems["onnx"]["same_output_as"]["torch"] == 1.0 and "raw_forward_ms" not in systems["onnx"]
+    assert systems["torch-int8"]["model_class"] == "NATForConditionalGeneration (int8)"
 
 
 def test_an_export_drafts_for_speculative_decoding(cmlm_export):

@@ -78,7 +78,8 @@ class Translator:
 
     The option `backend=ctranslate2` (with `compute_type=default|int8|...`, `beam_size`) runs a Marian-architecture
     AR model converted to CTranslate2 instead of transformers. A directory written by `nat-hf export` runs on ONNX
-    Runtime with `threads` intra-op threads (`int8=1`: its quantised graphs). For an AR model, `drafter=NAT_DIR` (with
+    Runtime with `threads` intra-op threads (`int8=1`: its quantised graphs); `int8=1` on a torch model quantises
+    its linear layers dynamically (`quantize_linear_int8`). For an AR model, `drafter=NAT_DIR` (with
     `draft_size`, `draft_iterations`) decodes speculatively (`nat_hf.speculative`: the AR's greedy output, drafted
     by the NAT; `speculative_stats` counts its rounds), and `assistant=AR_DIR` (with `num_assistant_tokens`, ...)
     runs transformers' assisted generation with that smaller AR draft model.
@@ -110,7 +111,9 @@ class Translator:
             raise ValueError(f"backend must be transformers or ctranslate2, got {self.backend!r}")
         config = AutoConfig.from_pretrained(system.path, trust_remote_code=True)
         extend = min_output_length > output_limit(config)
-        int8 = bool(self.options.pop("int8", False))  # an ONNX export's quantised graphs (nat-hf export --int8)
+        # int8: an ONNX export's quantised graphs (nat-hf export --int8); a torch model's linear layers quantised
+        # dynamically (torch.ao: int8 weights, activations quantised per call)
+        int8 = bool(self.options.pop("int8", False))
         from .onnx_runtime import is_onnx_export
 
         self.onnx = is_onnx_export(system.path)
@@ -118,8 +121,10 @@ class Translator:
             raise ValueError(f"{system.label}: an ONNX export cannot be timed past its {output_limit(config)} "
                              "positions")
         self.model, self.tokenizer = load_translator(
-            system.path, int8=int8, threads=threads if self.onnx else None,
+            system.path, int8=int8 and self.onnx, threads=threads if self.onnx else None,
             **(extended_position_kwargs(config, min_output_length) if extend else {}))
+        if int8 and not self.onnx:
+            self.model = quantize_linear_int8(self.model)
         self.positions_extended_to = min_output_length if extend else None
         self.is_nat = getattr(self.model, "nat_method", None) is not None
         # the method's options as it declares them (`viterbi_length_exponent=1` is the float 1.0), checked now: a
@@ -175,6 +180,16 @@ class Translator:
         decoder pass with output projection on `<mask>` inputs of the predicted length)."""
         batch = self.encode(texts)
         self.model.nat_method.timing_pass(self.model, batch["input_ids"], batch["attention_mask"].bool())
+
+
+def quantize_linear_int8(model):
+    """`model` with every `nn.Linear` replaced by torch's dynamically quantised int8 version (weights int8,
+    activations quantised at each call): the torch-side counterpart of ONNX Runtime's dynamic quantisation."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works here
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def extended_position_kwargs(config, length: int) -> dict:

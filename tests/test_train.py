@@ -652,6 +652,14 @@ def test_defaults_and_overrides_of_the_decoding_mappings():
     ar = build_config({"model": {"family": "ar"}})
     assert decoding_options(ar, False) == {"num_beams": 1, "max_new_tokens": 257}
     assert decoding_options(ar, True) == {"num_beams": 4, "max_new_tokens": 257}
+    # an AR model continued from a saved one keeps its position table: the cap follows it (a 256-position teacher
+    # reaches 255 new tokens, not 257)
+    from transformers import MarianConfig
+
+    continued = build_config({"model": {"family": "ar", "init_from": "saved"}})
+    short = MarianConfig(max_position_embeddings=256)
+    assert decoding_options(continued, False, model_config=short) == {"num_beams": 1, "max_new_tokens": 255}
+    assert decoding_options(ar, False, model_config=short)["max_new_tokens"] == 257  # a new model: the YAML's
     cmlm = build_config({})  # cmlm's own defaults
     assert decoding_options(cmlm, True) == {"num_iterations": 10, "length_beam": 5, "decoding_strategy": "mask_predict"}
     config = load_config(TINY_CONFIG, ["eval.final_decoding.length_beam=3", "eval.decoding={num_iterations: 1}"])

@@ -45,7 +45,7 @@ import yaml
 
 from .configuration_nat import NATConfig
 from .data import DataCollatorForNAT, DataError, load_split, token_budget_batches, tokenize_split
-from .inference import translate_texts
+from .inference import output_limit, translate_texts
 from .methods import METHODS
 from .modeling_nat import NATForConditionalGeneration
 from .tokenization import config_kwargs_from_tokenizer, train_tokenizer
@@ -466,14 +466,18 @@ def ar_training_loss(model, batch: dict, label_smoothing: float) -> torch.Tensor
                                              label_smoothing=label_smoothing)
 
 
-def decoding_options(config: TrainConfig, final: bool, objective: str | None = None) -> dict:
+def decoding_options(config: TrainConfig, final: bool, objective: str | None = None, model_config=None) -> dict:
     """`generate` arguments of the periodic (`final=False`, `eval.decoding`) or final (`eval.final_decoding`)
     evaluation: every decoding option of the model's method (`objective`, default `model.objective`; a model
     continued from `model.init_from` has its own), the config's values over the method's defaults. Family ar:
-    `num_beams` (default 1 periodic, 4 final) and the length cap."""
+    `num_beams` (default 1 periodic, 4 final) and the length cap, `model.max_target_positions` + 1, or less for a
+    model continued from `model.init_from` (given its `model_config`) whose position table is shorter."""
     given = config.eval.final_decoding if final else config.eval.decoding
     if config.model.family == "ar":
-        return {**AR_DECODING_DEFAULTS[final], **given, "max_new_tokens": config.model.max_target_positions + 1}
+        cap = config.model.max_target_positions + 1
+        if model_config is not None and config.model.init_from is not None:
+            cap = min(cap, output_limit(model_config) - 1)
+        return {**AR_DECODING_DEFAULTS[final], **given, "max_new_tokens": cap}
     return {**METHODS[objective or config.model.objective].option_defaults(), **given}
 
 
@@ -796,7 +800,7 @@ def build_model(config: TrainConfig, tokenizer):
     if mismatched:
         raise ConfigError(f"the model config does not match the tokenizer (config, tokenizer): {mismatched}")
     objective = getattr(model.config, "objective", None)
-    for name, value in decoding_options(config, final=True, objective=objective).items():
+    for name, value in decoding_options(config, final=True, objective=objective, model_config=model.config).items():
         setattr(model.generation_config, name, value)  # the saved model decodes like its final evaluation
     return model, report
 
@@ -961,8 +965,8 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
     tokenizer = prepare_tokenizer(config, output_dir, accelerator)
     model, init_report = build_model(config, tokenizer)
     objective = getattr(model.config, "objective", None)  # the NAT method (a model from init_from has its own)
-    periodic_decoding = decoding_options(config, final=False, objective=objective)
-    final_decoding = decoding_options(config, final=True, objective=objective)
+    periodic_decoding = decoding_options(config, final=False, objective=objective, model_config=model.config)
+    final_decoding = decoding_options(config, final=True, objective=objective, model_config=model.config)
     if init_report is not None and accelerator.is_main_process and not resume:
         (output_dir / "init_from_ar.json").write_text(json.dumps(init_report.to_dict(), indent=1))
         accelerator.print(init_report.summary())

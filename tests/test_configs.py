@@ -146,5 +146,6 @@ def test_shipped_config_builds_the_model_it_describes(path, monkeypatch, tmp_pat
         with torch.no_grad():
             output = model.generate(**source, **options)
         assert output.shape[0] == 1, (path.name, final)
-    final = decoding_options(config, True, objective=getattr(model.config, "objective", None))
+    final = decoding_options(config, True, objective=getattr(model.config, "objective", None),
+                             model_config=model.config)
     assert {name: getattr(model.generation_config, name) for name in final} == final

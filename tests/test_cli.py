@@ -32,6 +32,19 @@ def expected(toy_model):
     return translate
 
 
+def save_tiny_ar(tokenizer_dir, directory) -> None:
+    """A random Marian AR model with the toy tokenizer's vocabulary (pad 0 = decoder start, end-of-sentence 1),
+    saved with that tokenizer."""
+    from transformers import AutoTokenizer, MarianConfig, MarianMTModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    MarianMTModel(MarianConfig(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
+                               encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                               decoder_ffn_dim=32, max_position_embeddings=32, pad_token_id=0, eos_token_id=1,
+                               decoder_start_token_id=0)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
 def run_cli(argv: list[str], capsys, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
@@ -240,14 +253,7 @@ def test_every_real_option_of_another_method_exits_2_naming_it(toy_model, capsys
 
 
 def test_a_nat_option_for_an_autoregressive_model_exits_2(toy_model, capsys, tmp_path):
-    from transformers import AutoTokenizer, MarianConfig, MarianMTModel
-
-    tokenizer = AutoTokenizer.from_pretrained(toy_model)
-    MarianMTModel(MarianConfig(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
-                               encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                               decoder_ffn_dim=32, max_position_embeddings=32, pad_token_id=0, eos_token_id=1,
-                               decoder_start_token_id=0)).save_pretrained(tmp_path / "ar")
-    tokenizer.save_pretrained(tmp_path / "ar")
+    save_tiny_ar(toy_model, tmp_path / "ar")
     capsys.readouterr()  # the saving's progress bar
     status, out, err = run_cli(["translate", str(tmp_path / "ar"), "one", "--length-beam", "2"], capsys)
     assert (status, out) == (2, "")
@@ -257,14 +263,7 @@ def test_a_nat_option_for_an_autoregressive_model_exits_2(toy_model, capsys, tmp
 
 def test_drafter_flag_gives_the_autoregressive_greedy_output_and_bad_uses_exit_2(toy_model, capsys, tmp_path):
     """`--drafter NAT`: speculative decoding of the AR MODEL, whose greedy output it prints unchanged."""
-    from transformers import AutoTokenizer, MarianConfig, MarianMTModel
-
-    tokenizer = AutoTokenizer.from_pretrained(toy_model)
-    MarianMTModel(MarianConfig(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
-                               encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                               decoder_ffn_dim=32, max_position_embeddings=32, pad_token_id=0, eos_token_id=1,
-                               decoder_start_token_id=0)).save_pretrained(tmp_path / "ar")
-    tokenizer.save_pretrained(tmp_path / "ar")
+    save_tiny_ar(toy_model, tmp_path / "ar")
     capsys.readouterr()
     ar = str(tmp_path / "ar")
     sentences = ["three one two", "five", "four four one"]

@@ -57,6 +57,13 @@ class SpeculativeStats:
         }
 
 
+def check_drafter_method(model) -> None:
+    """A drafter's method must place tokens at target positions, after a known prefix."""
+    if not isinstance(model.nat_method, LengthHeadMethod):
+        raise ValueError(f"a drafter must predict target positions from a known prefix (methods cmlm, vanilla, glat);"
+                         f" {model.config.objective!r} decodes over its own upsampled positions")
+
+
 class NATDrafter:
     """The NAT side of speculative decoding, with its state explicit: the encoder output (computed once), the
     planned target length of each sentence and its length logits (to plan again when the AR runs past it).
@@ -67,10 +74,8 @@ class NATDrafter:
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_iterations: int = 1):
         self.device = model.device
+        check_drafter_method(model)
         method = model.nat_method
-        if not isinstance(method, LengthHeadMethod):
-            raise ValueError(f"a drafter must predict target positions from a known prefix (methods cmlm, vanilla, "
-                             f"glat); {model.config.objective!r} decodes over its own upsampled positions")
         self.model, self.config, self.num_iterations = model, model.config, num_iterations
         input_ids, attention_mask = model._check_source(input_ids, attention_mask)
         hidden = model.model.encode(input_ids, attention_mask)
@@ -192,9 +197,7 @@ def speculative_kwargs(model, drafter, draft_size: int | None = None, draft_iter
         raise ValueError(f"speculative decoding needs an encoder-decoder AR model, got {type(model).__name__}")
     if getattr(drafter, "nat_method", None) is None:
         raise ValueError(f"the drafter must be a NAT model, got {type(drafter).__name__}")
-    if not isinstance(drafter.nat_method, LengthHeadMethod):
-        raise ValueError(f"a drafter must predict target positions from a known prefix (methods cmlm, vanilla, glat);"
-                         f" {drafter.config.objective!r} decodes over its own upsampled positions")
+    check_drafter_method(drafter)
     check_drafter(model, drafter)
     check_draft_options(draft_size, draft_iterations)
     kwargs = {"custom_generate": speculative_generate, "drafter": drafter, "draft_size": draft_size,

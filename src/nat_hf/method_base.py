@@ -411,5 +411,11 @@ class LengthHeadMethod(NATMethod):
         target_len = int(lengths.max())
         target_mask = torch.arange(target_len, device=lengths.device)[None, :] < lengths[:, None]
         context = model.model.make_context(input_ids, attention_mask, hidden)
-        decoder_input_ids = torch.full(target_mask.shape, model.config.mask_token_id, device=lengths.device)
-        return model.decoder_logits(decoder_input_ids, target_mask, context).argmax(-1)
+        return self.one_pass_logits(model, context, target_mask).argmax(-1)
+
+    def one_pass_logits(self, model, context, target_mask: torch.Tensor) -> torch.Tensor:
+        """The one-pass output distribution at target positions of given lengths: `[rows, target_len, vocab]`
+        logits of one decoder pass with nothing observed (`<mask>` inputs, or the copied source in `"copy"`
+        mode). `target_mask` `[rows, target_len]` bool marks each row's positions."""
+        decoder_input_ids = torch.full(target_mask.shape, model.config.mask_token_id, device=target_mask.device)
+        return model.decoder_logits(decoder_input_ids, target_mask, context)

@@ -43,6 +43,16 @@ from typing import Any, get_args, get_origin, get_type_hints
 import torch
 import yaml
 
+from .adversarial import (
+    DISCRIMINATOR_DIR,
+    AdversarialArgs,
+    build_discriminator,
+    check_generator,
+    discriminator_term,
+    excluded_token_ids,
+    generator_sample,
+    generator_term,
+)
 from .configuration_nat import NATConfig
 from .data import DataCollatorForNAT, DataError, load_split, token_budget_batches, tokenize_split
 from .inference import output_limit, translate_texts
@@ -177,6 +187,8 @@ class TrainConfig:
     optim: OptimArgs = field(default_factory=OptimArgs)
     eval: EvalArgs = field(default_factory=EvalArgs)
     run: RunArgs = field(default_factory=RunArgs)
+    # adversarial training (nat_hf.adversarial): off unless `adversarial.enabled`
+    adversarial: AdversarialArgs = field(default_factory=AdversarialArgs)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -341,10 +353,31 @@ def validate_config(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    check_adversarial_args(config)
     if config.model.family == "ar":
         check_decoding_options(config)
     elif config.model.init_from is None:  # a saved model's method is checked by `check_init_from`
         check_decoding_options(config, stand_in_nat_config(config.model))
+
+
+def check_adversarial_args(config: TrainConfig) -> None:
+    """The `adversarial` section on its own (`AdversarialArgs.validate`) and, when enabled, against the rest: it
+    continues a trained NAT model (`model.init_from`; its method is checked by `check_init_from`) one batch per
+    update."""
+    try:
+        config.adversarial.validate()
+    except ValueError as error:
+        raise ConfigError(f"adversarial.{error}") from None
+    if not config.adversarial.enabled:
+        return
+    if config.model.family != "nat":
+        raise ConfigError("adversarial.enabled needs model.family nat (the generator is a NAT model)")
+    if config.model.init_from is None:
+        raise ConfigError("adversarial.enabled: adversarial training starts from a trained NAT model; set "
+                          "model.init_from to its directory")
+    if config.optim.gradient_accumulation_steps != 1:
+        raise ConfigError("adversarial.enabled needs optim.gradient_accumulation_steps 1 (the two models update in "
+                          "turn on each batch)")
 
 
 def check_decoding_options(config: TrainConfig, model_config: NATConfig | None = None) -> None:
@@ -595,7 +628,8 @@ RUN_LOCK = "run.lock"
 # What a run writes under run.output_dir (besides train_config.yaml, the lock and the content-keyed token cache).
 RUN_OUTPUTS = ("log.jsonl", "results.json", "best", "best.staging", "best.previous", "checkpoints", "snapshots",
                "averaged", "averaged.staging", "averaged.previous", "init_from_ar.json", "tokenizer",
-               "tokenizer.staging", "tokenizer.previous", "nat")
+               "tokenizer.staging", "tokenizer.previous", "nat", DISCRIMINATOR_DIR, f"{DISCRIMINATOR_DIR}.staging",
+               f"{DISCRIMINATOR_DIR}.previous")
 # The outputs that show a run did work there (a fresh start into such a directory is refused).
 RUN_STARTED = ("log.jsonl", "results.json", "best", "checkpoints", "snapshots", "averaged")
 
@@ -874,6 +908,14 @@ def check_init_from(config: TrainConfig) -> None:
     except (OSError, ValueError) as error:
         raise ConfigError(f"model.init_from: cannot read a model config from {config.model.init_from}: "
                           f"{error}") from None
+    if config.adversarial.enabled:  # first: a generator that cannot be trained so makes its decoding moot
+        from .method_base import LengthHeadMethod
+
+        if not isinstance(saved, NATConfig) or not isinstance(METHODS[saved.objective], LengthHeadMethod):
+            what = f"objective {saved.objective!r}" if isinstance(saved, NATConfig) else type(saved).__name__
+            raise ConfigError(f"adversarial.enabled: the generator ({config.model.init_from}, {what}) must be a NAT "
+                              "model whose decoder predicts target positions (methods cmlm, vanilla, glat); ctc "
+                              "and dag output over upsampled positions")
     if isinstance(saved, NATConfig):
         check_decoding_options(config, saved)
 
@@ -999,8 +1041,22 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
     optimizer = torch.optim.AdamW(parameters, lr=config.optim.learning_rate, betas=tuple(config.optim.betas))
     scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
                               num_training_steps=config.optim.max_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # adversarial training: the discriminator and its optimiser (constant rate) join the prepared objects, so that
+    # checkpoints (`save_state`) hold both models and both optimisers and data parallelism wraps both
+    adversarial = config.adversarial if config.adversarial.enabled else None
+    if adversarial is not None:
+        check_generator(model)
+        discriminator = build_discriminator(adversarial, model)
+        discriminator_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=adversarial.learning_rate,
+                                                    betas=tuple(adversarial.betas),
+                                                    weight_decay=adversarial.weight_decay)
+        model, optimizer, scheduler, discriminator, discriminator_optimizer = accelerator.prepare(
+            model, optimizer, scheduler, discriminator, discriminator_optimizer)
+        unwrapped_discriminator = accelerator.unwrap_model(discriminator)
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
+    excluded_ids = excluded_token_ids(unwrapped) if adversarial is not None else []
     metric = load_sacrebleu() if accelerator.is_main_process else None
 
     state = {"step": 0, "epoch": 0, "group_in_epoch": 0, "best_bleu": -1.0, "best_step": None,
@@ -1035,6 +1091,12 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
         shutil.copy(config_path, staging / "train_config.yaml")
         (staging / BEST_MARKER).write_text(json.dumps({"step": state["best_step"], "valid_bleu": state["best_bleu"]}))
         replace_directory(staging, output_dir / "best")
+        if adversarial is not None:  # the discriminator of the same step, beside the generator
+            staging = output_dir / f"{DISCRIMINATOR_DIR}.staging"
+            if staging.exists():
+                shutil.rmtree(staging)
+            unwrapped_discriminator.save_pretrained(staging)
+            replace_directory(staging, output_dir / DISCRIMINATOR_DIR)
 
     def save_snapshot() -> None:
         """Weights only, for averaging; the last `average_last` are kept."""
@@ -1104,11 +1166,16 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
                                        config.model.family, config.model.label_smoothing)
         log_line(log_path, {"event": "start", "parameters": unwrapped.num_parameters(), "world_size": world,
                             "train_pairs": len(train_set), "valid_pairs": len(valid_set),
-                            "valid_loss": initial_loss})
+                            "valid_loss": initial_loss,
+                            **({"discriminator_parameters": unwrapped_discriminator.num_parameters()}
+                               if adversarial is not None else {})})
     model.train()
+    if adversarial is not None:
+        discriminator.train()
     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
     window_terms: dict[str, list[float]] = {}  # each loss term's per-step values in the log window
     window_counts: dict[str, int] = {}  # each count summed over the log window
+    window_metrics: dict[str, list[float]] = {}  # other per-step values (adversarial: discriminator accuracy, ...)
     done = state["step"] >= config.optim.max_steps
     while not done:
         epoch_batches = token_budget_batches(train_lengths, config.data.max_tokens, seed=config.optim.seed +
@@ -1118,7 +1185,7 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
         groups = [mine[i : i + accumulation] for i in range(0, len(mine) - accumulation + 1, accumulation)]
         for group in groups[state["group_in_epoch"] :]:
             step_start = time.perf_counter()
-            losses, micro_terms, micro_counts = [], {}, {}
+            losses, micro_terms, micro_counts, micro_metrics = [], {}, {}, {}
             for micro, indices in enumerate(group):
                 batch = {k: v.to(accelerator.device) for k, v in collator([train_set[i] for i in indices]).items()}
                 window_tokens += batch["input_ids"].numel() + batch["labels"].numel()  # padded tokens processed
@@ -1126,8 +1193,23 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
                 with contextlib.nullcontext() if last_micro_batch else accelerator.no_sync(model):
                     batch_loss = training_step_loss(model, batch, config.model.family,
                                                     config.model.label_smoothing, step=state["step"])
-                    accelerator.backward(batch_loss.loss / accumulation)
-                losses.append(batch_loss.loss.detach())
+                    loss = batch_loss.loss
+                    if adversarial is not None:
+                        # the generator's one-pass sample; its adversarial term once the discriminator warmed up
+                        fooling = state["step"] >= adversarial.discriminator_warmup_steps
+                        with contextlib.nullcontext() if fooling else torch.no_grad():
+                            sample = generator_sample(unwrapped, batch["input_ids"], batch["attention_mask"],
+                                                      batch["labels"])
+                        temperature = adversarial.temperature(state["step"])
+                        micro_metrics.setdefault("temperature", []).append(torch.tensor(temperature))
+                        if fooling:
+                            adversarial_loss = generator_term(sample, unwrapped_discriminator, temperature,
+                                                              excluded_ids)
+                            loss = loss + adversarial.weight * adversarial_loss
+                            batch_loss.terms["adversarial"] = adversarial_loss
+                        sample.logits = sample.logits.detach()
+                    accelerator.backward(loss / accumulation)
+                losses.append(batch_loss.loss.detach())  # the method's loss (an adversarial term is its own term)
                 for name, value in batch_loss.terms.items():
                     micro_terms.setdefault(name, []).append(value.detach().float())
                 for name, value in batch_loss.counts.items():
@@ -1136,14 +1218,28 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if adversarial is not None:  # the discriminator's turn, on the same batch (accumulation is 1)
+                for _ in range(adversarial.discriminator_steps):
+                    discriminator_loss, accuracy = discriminator_term(sample, discriminator,
+                                                                      adversarial.label_smoothing, excluded_ids)
+                    accelerator.backward(discriminator_loss)
+                    accelerator.clip_grad_norm_(discriminator.parameters(), config.optim.max_grad_norm)
+                    discriminator_optimizer.step()
+                    discriminator_optimizer.zero_grad(set_to_none=True)
+                    micro_terms.setdefault("discriminator", []).append(discriminator_loss.detach().float())
+                    micro_metrics.setdefault("discriminator_accuracy", []).append(accuracy.float())
+                del sample
             state["step"] += 1
             state["group_in_epoch"] += 1
             state["train_seconds"] += time.perf_counter() - step_start  # training time only, evaluation excluded
             # the loss and each term: mean over micro-batches and processes; each count: sum (one reduce each)
-            term_names, count_names = sorted(micro_terms), sorted(micro_counts)
+            term_names, count_names, metric_names = sorted(micro_terms), sorted(micro_counts), sorted(micro_metrics)
             means = torch.stack([torch.stack(losses).float().mean()]
-                                + [torch.stack(micro_terms[name]).mean() for name in term_names])
+                                + [torch.stack(micro_terms[name]).mean() for name in term_names]
+                                + [torch.stack(micro_metrics[name]).float().mean().to(accelerator.device)
+                                   for name in metric_names])
             step_loss, *step_terms = accelerator.reduce(means, reduction="mean").tolist()
+            step_terms, step_metrics = step_terms[: len(term_names)], step_terms[len(term_names) :]
             if count_names:
                 sums = torch.stack([torch.stack(micro_counts[name]).sum() for name in count_names])
                 for name, value in zip(count_names, accelerator.reduce(sums, reduction="sum").tolist(), strict=True):
@@ -1151,24 +1247,33 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
             if not math.isfinite(step_loss):
                 raise FloatingPointError(f"loss is {step_loss} at step {state['step']}; the last good checkpoint "
                                          "is kept")
+            broken = [name for name, value in zip(term_names, step_terms, strict=True) if not math.isfinite(value)]
+            if broken:  # e.g. the discriminator's loss, which the logged (NAT) loss does not include
+                raise FloatingPointError(f"loss term(s) {broken} not finite at step {state['step']}; the last good "
+                                         "checkpoint is kept")
             window_loss.append(step_loss)
             for name, value in zip(term_names, step_terms, strict=True):
                 window_terms.setdefault(name, []).append(value)
+            for name, value in zip(metric_names, step_metrics, strict=True):
+                window_metrics.setdefault(name, []).append(value)
             if state["step"] % config.run.log_every == 0 or state["step"] == 1:
                 elapsed = time.perf_counter() - window_start
                 record = {"event": "train", "step": state["step"], "loss": sum(window_loss) / len(window_loss),
                           "loss_terms": {name: sum(values) / len(values) for name, values in window_terms.items()},
                           "counts": dict(window_counts), "lr": scheduler.get_last_lr()[0],
                           "tokens_per_second": window_tokens * world / elapsed}
+                if window_metrics:
+                    record["metrics"] = {name: sum(values) / len(values) for name, values in window_metrics.items()}
                 postfix.update(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
                 if accelerator.is_main_process:
                     log_line(log_path, record)
                 accelerator.log({"train_loss": record["loss"], "lr": record["lr"],
                                  **{f"train_loss_{name}": value for name, value in record["loss_terms"].items()},
-                                 **{f"train_{name}": value for name, value in record["counts"].items()}},
+                                 **{f"train_{name}": value for name, value in record["counts"].items()},
+                                 **{f"train_{name}": value for name, value in record.get("metrics", {}).items()}},
                                 step=state["step"])
                 window_loss, window_tokens, window_start = [], 0, time.perf_counter()
-                window_terms, window_counts = {}, {}
+                window_terms, window_counts, window_metrics = {}, {}, {}
             update_progress()
             out_of_time = (config.optim.max_minutes is not None
                            and state["train_seconds"] > 60 * config.optim.max_minutes)

@@ -12,6 +12,8 @@
 #                                             # (resumable: rerun after a kill, each run continues with --resume)
 #   benchmarks/multi30k.sh singlepass # issue 12: one speed + one quality run of those beside the AR teacher
 #   benchmarks/multi30k.sh speculative-train  # issue 13: greedy distillation, the CMLM drafter, the AR draft model
+#   benchmarks/multi30k.sh adversarial-train  # issue 15: the trained CMLM drafter, 600 more updates without / with GAN
+#   benchmarks/multi30k.sh adversarial # issue 15: quality (BLEU, chrF, repeats, length error) of both arms
 #   benchmarks/multi30k.sh speculative # issue 13: one speed + one quality run: NAT-drafted speculative decoding
 #                                      # beside AR greedy, assisted generation (AR draft model), CTranslate2 greedy
 #
@@ -172,8 +174,29 @@ case ${1:-} in
     python benchmarks/results.py record-bench runs/bench/singlepass_quality.json --name singlepass-quality \
       --command "$command" --gap-to ar-greedy --gap-to ar-beam4
     ;;
+  adversarial-train)
+    # issue 15: from the same trained one-pass CMLM model (speculative-train makes it), 600 more updates without and
+    # with the adversarial term
+    train_resumable multi30k_cmlm_continued
+    train_resumable multi30k_cmlm_adversarial
+    ;;
+  adversarial)
+    start=runs/multi30k_cmlm_greedy_distill_arinit/best
+    systems=""
+    for arm in start:$start continued:runs/multi30k_cmlm_continued/best adversarial:runs/multi30k_cmlm_adversarial/best
+    do
+      systems="$systems --system ${arm%%:*}-1pass=${arm#*:}:num_iterations=1,length_beam=1"
+      systems="$systems --system ${arm%%:*}-mp4-lb3=${arm#*:}:num_iterations=4,length_beam=3"
+    done
+    command="nat-hf bench quality$systems --data-dir $NAT_HF_DATA_DIR --splits val test_2016_flickr \
+--threads $THREADS --output runs/bench/adversarial_quality.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/adversarial_quality.json --name adversarial-quality \
+      --command "$command"
+    ;;
   *)
-    echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass|speculative-train|speculative" >&2
+    echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass|speculative-train|speculative|\
+adversarial-train|adversarial" >&2
     exit 2
     ;;
 esac

@@ -5,6 +5,7 @@ The configs point at the shared Multi30k data and AR teacher through $NAT_HF_DAT
 tests set them to ../shared (next to the repository, as on the development machine and in CI) and skip if it is
 absent."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,17 @@ def made_by_earlier_steps(config_text: str, tmp_path: Path) -> list[str]:
         spec.loader.exec_module(shallow_ar)
         shallow_ar.make_shallow(str(TEACHER), tmp_path / "ar_shallow_init", decoder_layers=1)
         overrides.append(f"model.init_from={tmp_path / 'ar_shallow_init'}")
+    trained = re.search(r"init_from: runs/(\w+)/best", config_text)
+    if trained:  # a model trained by another shipped config: that config's model, untrained, stands in for it
+        from transformers import AutoTokenizer
+
+        earlier = REPO / "training" / "configs" / f"{trained.group(1)}.yaml"
+        config = load_config(earlier, made_by_earlier_steps(earlier.read_text(), tmp_path))
+        apply_environment(config)
+        tokenizer = AutoTokenizer.from_pretrained(config.data.tokenizer or config.model.init_from_ar)
+        model, _ = build_model(config, tokenizer)
+        model.save_pretrained(tmp_path / trained.group(1))
+        overrides.append(f"model.init_from={tmp_path / trained.group(1)}")
     return overrides
 
 
@@ -100,9 +112,14 @@ def test_shipped_config_builds_the_model_it_describes(path, monkeypatch, tmp_pat
     family = yaml_model.get("family", "nat")
     if "init_from" in yaml_model:  # the saved model's architecture is kept: the YAML describes none
         saved = AutoConfig.from_pretrained(config.model.init_from).to_dict()
+        if saved["model_type"] == "nat":
+            kept = ("max_source_positions", "max_target_positions", "position_embedding_type", "normalize_before")
+            positions = {key: saved[key] for key in kept}
+        else:  # Marian
+            positions = {"max_source_positions": saved["max_position_embeddings"],
+                         "max_target_positions": saved["max_position_embeddings"] - 1}
         yaml_model = {**{key: saved[key] for key in ("d_model", "encoder_layers", "decoder_layers")},
-                      "ffn_dim": saved["encoder_ffn_dim"], "max_source_positions": saved["max_position_embeddings"],
-                      "max_target_positions": saved["max_position_embeddings"] - 1, **yaml_model}
+                      "ffn_dim": saved["encoder_ffn_dim"], **positions, **yaml_model}
 
     # every split the run reads exists and is readable (a misspelt test split would only fail after training)
     splits = load_splits(config)
@@ -134,6 +151,15 @@ def test_shipped_config_builds_the_model_it_describes(path, monkeypatch, tmp_pat
         assert widths == {yaml_model["d_model"], yaml_model["ffn_dim"]}, path.name
     heads = expected_head_parameters(model.config) if family == "nat" else 0
     assert model.num_parameters() == expected_parameters(yaml_model, vocab_size, family, heads)
+
+    if config.adversarial.enabled:  # the discriminator the adversarial section describes, sized for this model
+        from nat_hf.adversarial import build_discriminator
+
+        discriminator = build_discriminator(config.adversarial, model)
+        for key, value in config.adversarial.discriminator.items():
+            assert getattr(discriminator.config, key) == value, (path.name, key)
+        assert discriminator.config.vocab_size == model.config.vocab_size
+        assert len(discriminator.layers.layers) == discriminator.config.layers
 
     # the evaluation settings decode with this model (periodic and final)
     source = ({"input_ids": torch.tensor([[10, 11, 12, 13, 1]])} if isinstance(tokenizer, StandInTokenizer)

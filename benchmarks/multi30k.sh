@@ -14,6 +14,8 @@
 #   benchmarks/multi30k.sh speculative-train  # issue 13: greedy distillation, the CMLM drafter, the AR draft model
 #   benchmarks/multi30k.sh adversarial-train  # issue 15: the trained CMLM drafter, 600 more updates without / with GAN
 #   benchmarks/multi30k.sh adversarial # issue 15: quality (BLEU, chrF, repeats, length error) of both arms
+#   benchmarks/multi30k.sh runtime    # issue 14: NAT on torch eager/compile/int8 and ONNX Runtime fp32/int8 vs
+#                                     # CTranslate2 and AR greedy, 1 and 2 threads; BLEU; ONNX = torch counts
 #   benchmarks/multi30k.sh speculative # issue 13: one speed + one quality run: NAT-drafted speculative decoding
 #                                      # beside AR greedy, assisted generation (AR draft model), CTranslate2 greedy
 #
@@ -194,9 +196,57 @@ case ${1:-} in
     python benchmarks/results.py record-bench runs/bench/adversarial_quality.json --name adversarial-quality \
       --command "$command"
     ;;
+  runtime)
+    # issue 14: a NAT model on optimised CPU runtimes (torch eager, torch.compile, torch int8, ONNX Runtime fp32 and
+    # int8) against CTranslate2 fp32/int8 and transformers AR greedy, at 1 and 2 threads (needs an idle machine),
+    # then the BLEU of each and, on the whole test set, how many ONNX outputs equal torch's for every decoding of
+    # every trained method
+    nat=${RUNTIME_NAT:-runs/multi30k_cmlm_greedy_distill_arinit/best}  # a cmlm model: one pass and Mask-Predict
+    export_int8() {  # MODEL_DIR -> its fp32 + int8 export beside it
+      [ -f "${1%/best}/onnx_int8/onnx_export.json" ] || nat-hf export "$1" "${1%/best}/onnx_int8" --int8 > /dev/null
+    }
+    export_int8 "$nat"
+    onnx=${nat%/best}/onnx_int8
+    speed_systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX $(ct2_systems)"
+    for decoding in 1pass:num_iterations=1,length_beam=1 mp2:num_iterations=2,length_beam=3 \
+        mp4:num_iterations=4,length_beam=3; do
+      name=${decoding%%:*} options=${decoding#*:}
+      speed_systems="$speed_systems --system nat-$name-eager=$nat:$options --system nat-$name-compile=$nat:compile=1,$options \
+--system nat-$name-int8=$nat:int8=1,$options --system nat-$name-ort=$onnx:$options \
+--system nat-$name-ort-int8=$onnx:int8=1,$options"
+    done
+    for threads in 1 2; do
+      command="nat-hf bench speed $speed_systems --source $TEST.en --sentences 256 --batch-sizes 1,64,256 \
+--repeats 2 --threads $threads --baseline ar-greedy --baseline ct2-int8-greedy \
+--output runs/bench/runtime_speed_${threads}thread.json"
+      $command > /dev/null
+      python benchmarks/results.py record-bench runs/bench/runtime_speed_${threads}thread.json \
+        --name runtime-speed-${threads}thread --command "$command"
+    done
+    # quality: the speed systems but compile (same arithmetic as eager), and torch vs ONNX fp32 for the other
+    # trained methods' decodings (identity counts against each torch system)
+    quality_systems=$(echo "$speed_systems" | sed -E 's/--system nat-[a-z0-9]+-compile=[^ ]+//g')
+    baselines="--baseline nat-1pass-eager --baseline nat-mp2-eager --baseline nat-mp4-eager"
+    for spec in glat:multi30k_glat:num_iterations=1,length_beam=1 ctc-glat:multi30k_ctc_glat:decoding_strategy=greedy \
+        dag-greedy:multi30k_dag_glat:decoding_strategy=greedy dag-lookahead:multi30k_dag_glat:decoding_strategy=lookahead \
+        dag-viterbi:multi30k_dag_glat:decoding_strategy=viterbi; do
+      label=${spec%%:*} rest=${spec#*:}
+      run=runs/${rest%%:*} options=${rest#*:}
+      [ -f "$run/best/config.json" ] || continue
+      export_int8 "$run/best"
+      quality_systems="$quality_systems --system $label-eager=$run/best:$options --system $label-ort=$run/onnx_int8:$options \
+--system $label-ort-int8=$run/onnx_int8:int8=1,$options"
+      baselines="$baselines --baseline $label-eager"
+    done
+    command="nat-hf bench quality $quality_systems --data-dir $NAT_HF_DATA_DIR --splits test_2016_flickr \
+--threads $THREADS $baselines --output runs/bench/runtime_quality.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/runtime_quality.json --name runtime-quality \
+      --command "$command" --gap-to ct2-int8-greedy --gap-to nat-1pass-eager
+    ;;
   *)
     echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass|speculative-train|speculative|\
-adversarial-train|adversarial" >&2
+adversarial-train|adversarial|runtime" >&2
     exit 2
     ;;
 esac

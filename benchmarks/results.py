@@ -335,6 +335,16 @@ def render_quality(entry: dict) -> list[str]:
             lines.append(f"| {label} | {split} | {scores['bleu']} | {gaps}{scores['chrf']} | "
                          f"{scores['repeated_token_share']:.2%} ({scores['reference_repeated_token_share']:.2%}) | "
                          f"{scores['length_error_relative_mean']:+.2%} | {buckets} |")
+    baselines = next((list(scores.get("same_output_as", {})) for system in data["systems"].values()
+                      for scores in system["splits"].values()), [])
+    if baselines:
+        lines += ["", "Hypotheses identical to each baseline's (sentences identical / sentences):", "",
+                  "| system | split | " + " | ".join(f"same output as {baseline}" for baseline in baselines) + " |",
+                  "| --- | --- |" + " --- |" * len(baselines)]
+        for label, system in data["systems"].items():
+            for split, scores in system["splits"].items():
+                lines.append(f"| {label} | {split} | " + " | ".join(
+                    "{} / {}".format(*scores["same_output_as"][baseline]) for baseline in baselines) + " |")
     return lines + [""]
 
 

@@ -102,11 +102,18 @@ def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_syst
 
     assert repeated_token_share([["a", "a", "b"], ["c", "c", "c", "d"]]) == 3 / 7
     output = tmp_path / "quality.json"
+    with pytest.raises(ValueError, match=r"--baseline names systems that are not given: \['teacher'\]"):
+        quality_main(["--system", f"nat={tmp_path / 'nat'}", "--data-dir", str(toy_corpus), "--threads", "1",
+                      "--baseline", "teacher"])
     quality_main(["--system", f"nat={tmp_path / 'nat'}:num_iterations=2,length_beam=2",
                   "--system", f"ar={tmp_path / 'ar'}:num_beams=2,max_new_tokens=10", "--data-dir",
-                  str(toy_corpus), "--splits", "val", "--threads", "1", "--output", str(output)])
+                  str(toy_corpus), "--splits", "val", "--threads", "1", "--baseline", "nat", "--output", str(output)])
     systems = json.loads(output.read_text())["systems"]
     scores = systems["nat"]["splits"]["val"]
+    ar_hypotheses = systems["ar"]["splits"]["val"]["hypotheses"]
+    assert scores["same_output_as"] == {"nat": [40, 40]}
+    assert systems["ar"]["splits"]["val"]["same_output_as"] == {
+        "nat": [sum(a == b for a, b in zip(ar_hypotheses, scores["hypotheses"], strict=True)), 40]}
     assert scores["sentences"] == 40 and len(scores["hypotheses"]) == 40
     assert 0 <= scores["repeated_token_share"] <= 1 and "length_error_relative_mean" in scores
     assert sum(bucket["sentences"] for bucket in scores["bleu_by_source_length"].values()) == 40
@@ -138,6 +145,7 @@ def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_syst
     text = results.RESULTS_MD.read_text()
     gap = systems["nat"]["splits"]["val"]["bleu"] - systems["ar"]["splits"]["val"]["bleu"]
     assert "| BLEU gap to ar |" in text and f"| nat | val | {scores['bleu']} | {gap:+.2f} |" in text
+    assert "| system | split | same output as nat |" in text and "| nat | val | 40 / 40 |" in text
     assert "| ar | val | " + f"{systems['ar']['splits']['val']['bleu']} | +0.00 |" in text
     assert "![BLEU vs latency](records/frontier.png)" in text and (results.RECORDS / "frontier.png").is_file()
     readme = results.README.read_text()  # the README block: regenerated between its markers, the rest kept

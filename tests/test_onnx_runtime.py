@@ -140,6 +140,16 @@ def test_bench_times_an_export_as_a_system(cmlm_export, tmp_path, toy_corpus):
     assert systems["onnx"]["same_output_as"]["torch"] == 1.0 and "raw_forward_ms" not in systems["onnx"]
     assert systems["torch-int8"]["model_class"] == "NATForConditionalGeneration (int8)"
 
+    # compile=1 compiles a torch model's stacks (lazily: the bench's warm-up pays for it), not an export
+    from nat_hf.bench import System, Translator
+
+    compiled = Translator(System("compiled", str(directory), {"compile": 1, "num_iterations": 1}))
+    assert compiled.model_class == "NATForConditionalGeneration (compiled)"
+    for module in (compiled.model.model.encoder, compiled.model.model.decoder, compiled.model.lm_head):
+        assert isinstance(module, torch._dynamo.eval_frame.OptimizedModule)
+    with pytest.raises(ValueError, match="compile=1 compiles a torch model; .* is an ONNX export"):
+        Translator(System("onnx-compiled", str(exported), {"compile": 1}))
+
 
 def test_an_export_drafts_for_speculative_decoding(cmlm_export):
     """The ONNX Runtime model is a drafter like the torch one (`nat_hf.speculative`): the AR's greedy output."""

@@ -79,7 +79,8 @@ class Translator:
     The option `backend=ctranslate2` (with `compute_type=default|int8|...`, `beam_size`) runs a Marian-architecture
     AR model converted to CTranslate2 instead of transformers. A directory written by `nat-hf export` runs on ONNX
     Runtime with `threads` intra-op threads (`int8=1`: its quantised graphs); `int8=1` on a torch model quantises
-    its linear layers dynamically (`quantize_linear_int8`). For an AR model, `drafter=NAT_DIR` (with
+    its linear layers dynamically (`quantize_linear_int8`); `compile=1` compiles a torch model's stacks
+    (`compile_stacks`). For an AR model, `drafter=NAT_DIR` (with
     `draft_size`, `draft_iterations`) decodes speculatively (`nat_hf.speculative`: the AR's greedy output, drafted
     by the NAT; `speculative_stats` counts its rounds), and `assistant=AR_DIR` (with `num_assistant_tokens`, ...)
     runs transformers' assisted generation with that smaller AR draft model.
@@ -114,6 +115,7 @@ class Translator:
         # int8: an ONNX export's quantised graphs (nat-hf export --int8); a torch model's linear layers quantised
         # dynamically (torch.ao: int8 weights, activations quantised per call)
         int8 = bool(self.options.pop("int8", False))
+        compiled = bool(self.options.pop("compile", False))
         from .onnx_runtime import is_onnx_export
 
         self.onnx = is_onnx_export(system.path)
@@ -125,6 +127,11 @@ class Translator:
             **(extended_position_kwargs(config, min_output_length) if extend else {}))
         if int8 and not self.onnx:
             self.model = quantize_linear_int8(self.model)
+        if compiled:
+            if self.onnx:
+                raise ValueError(f"{system.label}: compile=1 compiles a torch model; {system.path} is an ONNX export "
+                                 "(it runs on ONNX Runtime)")
+            self.model = compile_stacks(self.model)
         self.positions_extended_to = min_output_length if extend else None
         self.is_nat = getattr(self.model, "nat_method", None) is not None
         # the method's options as it declares them (`viterbi_length_exponent=1` is the float 1.0), checked now: a
@@ -150,7 +157,7 @@ class Translator:
             for name, default in self.model.nat_method.option_defaults().items()}
         # raw forward passes are torch modules': none for an ONNX export
         self.one_pass = self.is_nat and not self.onnx and self.model.nat_method.is_single_pass(self.nat_options)
-        self.model_class = type(self.model).__name__ + (" (int8)" if int8 else "")
+        self.model_class = type(self.model).__name__ + (" (int8)" if int8 else "") + (" (compiled)" if compiled else "")
         self.parameters = None if self.onnx else self.model.num_parameters()
         self.max_length = output_limit(self.model.config)
 
@@ -190,6 +197,15 @@ def quantize_linear_int8(model):
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works here
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def compile_stacks(model):
+    """`model` with its encoder and decoder stacks and its output projection compiled by `torch.compile` (dynamic
+    shapes: one compilation serves every batch size and length); `generate`'s Python loop stays eager. The first
+    calls compile (tens of seconds): the timing warm-up absorbs them."""
+    for owner, name in ((model.model, "encoder"), (model.model, "decoder"), (model, "lm_head")):
+        setattr(owner, name, torch.compile(getattr(owner, name), dynamic=True))
+    return model
 
 
 def extended_position_kwargs(config, length: int) -> dict:

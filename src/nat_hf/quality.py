@@ -71,7 +71,13 @@ def quality_report(model, tokenizer, sources: list[str], references: list[str], 
 
 
 def benchmark_quality(systems: list[System], data_dir: Path, splits: list[str], source_lang: str,
-                      target_lang: str, threads: int, batch_size: int = 50) -> dict:
+                      target_lang: str, threads: int, batch_size: int = 50, baselines: list[str] = ()) -> dict:
+    """Every system on every split (see `quality_report`); with `baselines` (system labels), each system's split
+    also counts its hypotheses identical to each baseline's (`same_output_as`: `{label: [identical, total]}`), e.g.
+    an ONNX export against the torch model it came from."""
+    unknown = sorted(set(baselines) - {system.label for system in systems})
+    if unknown:
+        raise ValueError(f"--baseline names systems that are not given: {unknown}")
     from .metrics import load_sacrebleu
 
     torch.set_num_threads(threads)
@@ -90,6 +96,13 @@ def benchmark_quality(systems: list[System], data_dir: Path, splits: list[str], 
                 entry["splits"][split] = quality_report(translator.model, translator.tokenizer, columns["source"],
                                                         columns["target"], metric, size, **translator.options)
         results["systems"][system.label] = entry
+    for entry in results["systems"].values():
+        for split, scores in entry["splits"].items():
+            scores["same_output_as"] = {
+                baseline: [sum(a == b for a, b in zip(scores["hypotheses"],
+                                                      results["systems"][baseline]["splits"][split]["hypotheses"],
+                                                      strict=True)), len(scores["hypotheses"])]
+                for baseline in baselines}
     return results
 
 
@@ -103,10 +116,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--target-lang", default="de")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--baseline", action="append", default=[],
+                        help="a system label: count each system's hypotheses identical to its (repeatable)")
     parser.add_argument("--output", type=Path, help="write the JSON here (hypotheses included)")
     args = parser.parse_args(argv)
     results = benchmark_quality(args.system, args.data_dir, args.splits, args.source_lang, args.target_lang,
-                                args.threads, args.batch_size)
+                                args.threads, args.batch_size, args.baseline)
     if args.output:
         args.output.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     summary = {label: {split: {k: v for k, v in scores.items() if k != "hypotheses"}

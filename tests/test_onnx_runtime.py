@@ -73,6 +73,21 @@ def test_dag_export_decodes_as_torch_with_each_strategy(dag_export):
         ORTNATForConditionalGeneration.from_pretrained(exported, int8=True)
 
 
+def test_ctc_export_decodes_as_torch(tmp_path):
+    """CTC: no head, an upsampled decoder and a blank token, greedy collapse: the export's output equals torch's."""
+    torch.manual_seed(0)
+    model = NATForConditionalGeneration(NATConfig(**{**objective_config_kwargs("ctc"), "decoder_input_mode": "copy"}))
+    model.save_pretrained(tmp_path / "model")
+    report = export_onnx(tmp_path / "model", tmp_path / "onnx")
+    assert report["heads"] == {}
+    onnx_model = ORTNATForConditionalGeneration.from_pretrained(tmp_path / "onnx", threads=1)
+    attention_mask = (SOURCES != 0).long()
+    expected = model.eval().generate(input_ids=SOURCES, attention_mask=attention_mask)
+    assert torch.equal(onnx_model.generate(input_ids=SOURCES, attention_mask=attention_mask), expected)
+    with pytest.raises(ValueError, match="num_iterations"):
+        onnx_model.generate(input_ids=SOURCES, num_iterations=2)
+
+
 def test_an_export_translates_text_from_python_and_the_command_line(cmlm_export, capsys):
     directory, exported = cmlm_export
     sentences = ["three one two", "five four", "one"]

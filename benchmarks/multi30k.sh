@@ -201,7 +201,8 @@ case ${1:-} in
     # int8) against CTranslate2 fp32/int8 and transformers AR greedy, at 1 and 2 threads (needs an idle machine),
     # then the BLEU of each and, on the whole test set, how many ONNX outputs equal torch's for every decoding of
     # every trained method
-    nat=${RUNTIME_NAT:-runs/multi30k_cmlm_greedy_distill_arinit/best}  # a cmlm model: one pass and Mask-Predict
+    # the Mask-Predict model of the Multi30k comparisons (singlepass-train trains it): one pass and Mask-Predict
+    nat=${RUNTIME_NAT:-runs/multi30k_cmlm_distill_arinit/best}
     export_int8() {  # MODEL_DIR -> its fp32 + int8 export beside it
       [ -f "${1%/best}/onnx_int8/onnx_export.json" ] || nat-hf export "$1" "${1%/best}/onnx_int8" --int8 > /dev/null
     }

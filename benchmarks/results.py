@@ -30,17 +30,27 @@ README_BEGIN = "<!-- results: written by `python benchmarks/results.py render`; 
 README_END = "<!-- end of results -->"
 
 
+# adversarial training's per-window values, averaged per evaluation interval into the curve when a run logs them
+ADVERSARIAL_COLUMNS = (("loss_terms", "adversarial"), ("loss_terms", "discriminator"),
+                       ("metrics", "discriminator_accuracy"))
+
+
 def curve(log: list[dict]) -> list[dict]:
-    """One row per evaluation: the mean training loss since the previous one, validation loss and BLEU."""
-    rows, window = [], []
+    """One row per evaluation: the mean training loss since the previous one, validation loss and BLEU (and, for an
+    adversarial run, the mean generator adversarial loss, discriminator loss and accuracy since the previous one)."""
+    rows, window, extras = [], [], {}
     for record in log:
         if record["event"] == "train":
             window.append(record["loss"])
+            for group, name in ADVERSARIAL_COLUMNS:
+                if name in record.get(group, {}):
+                    extras.setdefault(name, []).append(record[group][name])
         elif record["event"] == "eval":
             rows.append({"step": record["step"], "train_minutes": round(record["train_seconds"] / 60, 1),
                          "train_loss": round(sum(window) / len(window), 3) if window else None,
-                         "valid_loss": round(record["valid_loss"], 3), "valid_bleu": round(record["valid_bleu"], 2)})
-            window = []
+                         "valid_loss": round(record["valid_loss"], 3), "valid_bleu": round(record["valid_bleu"], 2),
+                         **{name: round(sum(values) / len(values), 3) for name, values in extras.items()}})
+            window, extras = [], {}
     return rows
 
 
@@ -75,6 +85,8 @@ def record(run_dir: Path, name: str, command: str, commit: str | None, note: str
     started = log[0].get("time", (run_dir / "train_config.yaml").stat().st_mtime)
     finished = (run_dir / "results.json").stat().st_mtime
     rows = curve(log)
+    # a run continued from a saved model (model.init_from) has its architecture there, not in its config
+    saved_model = run_dir / "best" / "config.json"
     entry = {
         "name": name,
         "kind": "training",
@@ -87,6 +99,7 @@ def record(run_dir: Path, name: str, command: str, commit: str | None, note: str
         "results": results,
         "curve": rows,
         "note": note,
+        "model_config": json.loads(saved_model.read_text()) if saved_model.is_file() else None,
     }
     RECORDS.mkdir(exist_ok=True)
     path = RECORDS / f"{name}.json"
@@ -118,6 +131,26 @@ def render_training(entry: dict) -> list[str]:
     else:
         periodic = ({"num_beams": evaluation.get("num_beams", 1)} if family == "ar" else
                     {"num_iterations": evaluation["num_iterations"], "length_beam": evaluation["length_beam"]})
+    data = (f"data `{config['data'].get('data_dir') or config['data']['dataset_name']}` "
+            f"({config['data']['source_lang']}->{config['data']['target_lang']})")
+    saved = entry.get("model_config")
+    if model.get("init_from") and saved and saved.get("model_type") == "nat":  # the continued model's own shape
+        described = (f"- model: {saved['objective']}, d_model {saved['d_model']}, {saved['encoder_layers']}+"
+                     f"{saved['decoder_layers']} layers, {saved['encoder_attention_heads']} heads, FFN "
+                     f"{saved['encoder_ffn_dim']}, dropout {saved['dropout']}, continued from `{model['init_from']}`; "
+                     f"{data}")
+    else:
+        described = (f"- model: {kind}, d_model {model['d_model']}, {model['encoder_layers']}+"
+                     f"{model['decoder_layers']} layers, {model['attention_heads']} heads, FFN {model['ffn_dim']}, "
+                     f"dropout {model['dropout']}; {data}")
+    adversarial = config.get("adversarial") or {}
+    if adversarial.get("enabled"):
+        described += (f"\n- adversarial: weight {adversarial['weight']}, discriminator {adversarial['discriminator']} "
+                      f"(lr {adversarial['learning_rate']}, {adversarial['discriminator_steps']} step(s) per generator "
+                      f"step, {adversarial['discriminator_warmup_steps']} warm-up steps), Gumbel-softmax temperature "
+                      f"{adversarial['temperature_start']} -> {adversarial['temperature_end']} over "
+                      f"{adversarial['temperature_anneal_steps']} steps, label smoothing "
+                      f"{adversarial['label_smoothing']}")
     lines = [
         f"### {entry['name']}",
         "",
@@ -126,10 +159,7 @@ def render_training(entry: dict) -> list[str]:
         f"- commit `{entry['commit']}`, finished {entry['date']}, on {machine_info['cpu']} "
         f"({machine_info['logical_cpus']} logical CPUs, torch {machine_info['torch']}, "
         f"{machine_info['torch_threads']} threads)",
-        f"- model: {kind}, d_model {model['d_model']}, {model['encoder_layers']}+"
-        f"{model['decoder_layers']} layers, {model['attention_heads']} heads, FFN {model['ffn_dim']}, dropout "
-        f"{model['dropout']}; data `{config['data'].get('data_dir') or config['data']['dataset_name']}` "
-        f"({config['data']['source_lang']}->{config['data']['target_lang']})",
+        described,
         f"- budget: {results['steps']} steps ({results['epochs']} full epochs), "
         f"{results['train_seconds'] / 60:.1f} min of training, {entry['wall_minutes']} min wall time in all "
         "(evaluations, vocabulary and final decoding included)",
@@ -146,11 +176,13 @@ def render_training(entry: dict) -> list[str]:
         lines.append(f"| {split} | {results[split + '_bleu']:.2f} | {results[split + '_chrf']:.2f} | "
                      f"{results[split + '_decode_seconds']} s |")
     lines += ["", f"sacreBLEU signature: `{results.get('sacrebleu_signature')}`", "",
-              f"![learning curve](records/{entry['name']}.png)", "",
-              "| step | train minutes | train loss | valid loss | valid BLEU (periodic) |",
-              "| --- | --- | --- | --- | --- |"]
+              f"![learning curve](records/{entry['name']}.png)", ""]
+    extras = [name for _, name in ADVERSARIAL_COLUMNS if any(name in row for row in entry["curve"])]
+    lines += ["| step | train minutes | train loss | valid loss | valid BLEU (periodic) |"
+              + "".join(f" {name.replace('_', ' ')} |" for name in extras),
+              "| --- | --- | --- | --- | --- |" + " --- |" * len(extras)]
     lines += [f"| {r['step']} | {r['train_minutes']} | {r['train_loss']} | {r['valid_loss']} | {r['valid_bleu']} |"
-              for r in entry["curve"]]
+              + "".join(f" {r.get(name, '')} |" for name in extras) for r in entry["curve"]]
     return lines + [""]
 
 

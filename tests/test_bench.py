@@ -427,3 +427,41 @@ def test_a_training_record_renders_with_the_eval_decoding_mappings(tmp_path, fam
     text = results.RESULTS_MD.read_text()
     assert f"(periodic validation BLEU 12.50 with {words}, first 500 sentences)" in text
     assert f"| split | sacreBLEU | chrF | decoding time ({words}, batch 50) |" in text
+
+
+def test_an_adversarial_continued_run_renders_its_model_settings_and_discriminator(tmp_path):
+    """A run continued from a saved model (`model.init_from`) renders that model's shape (its config has none), an
+    adversarial run its settings and, per evaluation interval, the discriminator's losses and accuracy."""
+    run = tmp_path / "run"
+    run.mkdir()
+    terms = {"token": 2.0, "length": 0.5, "adversarial": 0.75, "discriminator": 0.6}
+    (run / "log.jsonl").write_text("\n".join(json.dumps(record) for record in (
+        {"event": "start", "time": 0.0},
+        {"event": "train", "step": 1, "loss": 2.1, "loss_terms": terms, "metrics": {"discriminator_accuracy": 0.5}},
+        {"event": "train", "step": 2, "loss": 1.9, "loss_terms": {**terms, "discriminator": 0.4},
+         "metrics": {"discriminator_accuracy": 0.7}},
+        {"event": "eval", "step": 2, "train_seconds": 60.0, "valid_loss": 4.0, "valid_bleu": 12.5})) + "\n")
+    (run / "results.json").write_text(json.dumps({
+        "steps": 2, "epochs": 0, "train_seconds": 60.0, "best_valid_bleu": 12.5, "best_step": 2, "val_bleu": 12.0,
+        "val_chrf": 30.0, "val_decode_seconds": 1.0, "sacrebleu_signature": "sig", "num_iterations": 1,
+        "length_beam": 1}))
+    NATConfig(**{**objective_config_kwargs("glat"), "dropout": 0.2}).save_pretrained(run / "best")
+    (run / "train_config.yaml").write_text(yaml.safe_dump({
+        "model": {"family": "nat", "init_from": "runs/start/best", "d_model": 512, "encoder_layers": 6,
+                  "decoder_layers": 6, "attention_heads": 8, "ffn_dim": 2048, "dropout": 0.1, "objective": "cmlm"},
+        "data": {"data_dir": "d", "source_lang": "en", "target_lang": "de"},
+        "eval": {"decoding": {}, "final_decoding": {}, "max_sentences": 500, "batch_size": 50},
+        "run": {"threads": 1},
+        "adversarial": {"enabled": True, "weight": 0.2, "discriminator": {"d_model": 64}, "learning_rate": 1e-4,
+                        "discriminator_steps": 1, "discriminator_warmup_steps": 100, "temperature_start": 1.0,
+                        "temperature_end": 0.5, "temperature_anneal_steps": 600, "label_smoothing": 0.1}}))
+    results = load_results_script(tmp_path)
+    results.record(run, "adversarial", "nat-hf train x.yaml", commit="abc1234")
+    results.render()
+    text = results.RESULTS_MD.read_text()
+    assert ("- model: glat, d_model 32, 2+2 layers, 4 heads, FFN 64, dropout 0.2, continued from `runs/start/best`; "
+            "data `d` (en->de)") in text
+    assert ("- adversarial: weight 0.2, discriminator {'d_model': 64} (lr 0.0001, 1 step(s) per generator step, 100 "
+            "warm-up steps), Gumbel-softmax temperature 1.0 -> 0.5 over 600 steps, label smoothing 0.1") in text
+    assert "| adversarial | discriminator | discriminator accuracy |" in text
+    assert "| 2 | 1.0 | 2.0 | 4.0 | 12.5 | 0.75 | 0.5 | 0.6 |" in text

@@ -15,6 +15,10 @@ is restarted from step 0 by `--resume` (its partial outputs are removed first). 
 --nproc_per_node 2 -m nat_hf.train ...` (or `accelerate launch --multi_gpu --num_processes 2 ...`; on CPU,
 `accelerate launch --cpu --num_processes 2` silently starts one process).
 
+With `adversarial: {enabled: true, ...}` a trained NAT model (`model.init_from`) continues as the generator of a GAN
+against a discriminator trained in turn on each batch (`nat_hf.adversarial`); checkpoints then hold both models and
+both optimisers, and `best_discriminator/` sits beside `best/`.
+
 Everything that can be checked from the config and the data is checked before anything is written: config
 values and the model architecture (`ConfigError` naming the key), every split including `data.test_splits`
 (`DataError` naming the file). Then the run directory is locked (`run.lock`, an `flock` held by the global rank-0

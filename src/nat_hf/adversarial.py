@@ -145,7 +145,7 @@ def gumbel_straight_through(logits: torch.Tensor, temperature: float, excluded_i
     gumbel = -torch.empty_like(logits).exponential_().log()  # Gumbel(0, 1) noise
     soft = ((logits + gumbel) / temperature).softmax(-1)
     tokens = soft.argmax(-1)  # = argmax(logits + gumbel): a sample of softmax(logits), whatever the temperature
-    hard = F.one_hot(tokens, logits.shape[-1]).to(soft.dtype)
+    hard = torch.zeros_like(soft).scatter_(-1, tokens.unsqueeze(-1), 1.0)
     return hard - soft.detach() + soft, tokens
 
 
@@ -183,6 +183,9 @@ class GeneratorSample:
     target: torch.Tensor  # [batch, target_len] the real targets (pad beyond each length)
     target_mask: torch.Tensor  # [batch, target_len] bool
     logits: torch.Tensor  # [batch, target_len, vocab] one-pass logits (with the generator's graph)
+    # [batch, target_len] the tokens `generator_term` sampled, which the discriminator's first update reuses (a
+    # sample of the same distribution: one sampling pass over the vocabulary less); None: sample afresh
+    tokens: torch.Tensor | None = None
 
 
 def generator_sample(generator, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
@@ -201,7 +204,7 @@ def generator_term(sample: GeneratorSample, discriminator: NATDiscriminator, tem
                    excluded_ids: list[int]) -> torch.Tensor:
     """The generator's adversarial loss `[]` on a straight-through sample of `sample.logits`, scored by
     `discriminator` (unwrapped) with its parameters frozen: the gradient reaches the generator only."""
-    one_hot, _ = gumbel_straight_through(sample.logits, temperature, excluded_ids)
+    one_hot, sample.tokens = gumbel_straight_through(sample.logits, temperature, excluded_ids)
     frozen = [parameter for parameter in discriminator.parameters() if parameter.requires_grad]
     for parameter in frozen:
         parameter.requires_grad_(False)
@@ -216,11 +219,13 @@ def generator_term(sample: GeneratorSample, discriminator: NATDiscriminator, tem
 
 def discriminator_term(sample: GeneratorSample, discriminator, label_smoothing: float, excluded_ids: list[int]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The discriminator's loss `[]` and accuracy `[]` on the batch's real targets and a fresh sample of the
-    generator's (detached) distribution, scored in ONE forward pass (`discriminator` may be wrapped for data
-    parallelism, which expects one forward per backward)."""
-    with torch.no_grad():
-        _, fake = gumbel_straight_through(sample.logits.detach(), 1.0, excluded_ids)
+    """The discriminator's loss `[]` and accuracy `[]` on the batch's real targets and a sample of the generator's
+    (detached) distribution (the tokens `generator_term` drew, once; then fresh ones), scored in ONE forward pass
+    (`discriminator` may be wrapped for data parallelism, which expects one forward per backward)."""
+    fake, sample.tokens = sample.tokens, None
+    if fake is None:
+        with torch.no_grad():
+            _, fake = gumbel_straight_through(sample.logits.detach(), 1.0, excluded_ids)
     fake = fake.masked_fill(~sample.target_mask, 0)
     batch = sample.target.shape[0]
     logits = discriminator(sample.input_ids.repeat(2, 1), sample.attention_mask.repeat(2, 1),

@@ -85,3 +85,26 @@ def objective_config_kwargs(objective: str, base: dict | None = None) -> dict:
             raise
         kwargs["blank_token_id"] = kwargs["vocab_size"] - 1
     return kwargs
+
+
+def kill_training_after_first_checkpoint(config, overrides: list[str], output_dir) -> dict:
+    """Start `python -m nat_hf.train config *overrides` (writing to `output_dir`), SIGKILL it as soon as its first
+    checkpoint is on disk, and return that checkpoint's trainer state (the run must not have finished)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "nat_hf.train", str(config), *overrides],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    state = output_dir / "checkpoints" / "last" / "trainer_state.json"
+    deadline = time.time() + 240
+    while not state.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state.is_file(), "the run never wrote its first checkpoint"
+    assert not (output_dir / "results.json").exists(), "the run finished before it could be killed"
+    return json.loads(state.read_text())

@@ -2,11 +2,8 @@
 checks, and `nat-hf train` with two models and two optimisers (resume after a kill, two processes, saved models)."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +27,7 @@ from nat_hf.adversarial import (
 from nat_hf.modeling_discriminator import NATDiscriminator
 from nat_hf.train import ConfigError, load_config, train
 
-from .conftest import objective_config_kwargs
+from .conftest import kill_training_after_first_checkpoint, objective_config_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "training" / "configs" / "tiny_test.yaml"
@@ -109,7 +106,8 @@ def test_the_adversarial_gradient_reaches_the_generator_and_only_it(objective):
     loss, accuracy = discriminator_term(sample, discriminator, label_smoothing=0.1, excluded_ids=[0, 1, 3])
     loss.backward()
     assert all(parameter.grad is None for parameter in generator.parameters())
-    assert discriminator.score.weight.grad.abs().sum() > 0 and 0 <= float(accuracy) <= 1
+    assert discriminator.score.weight.grad.abs().sum() > 0
+    assert float(accuracy) in (0.0, 0.25, 0.5, 0.75, 1.0)  # two real and two generated targets, halves weighted
 
 
 @pytest.mark.parametrize("objective", ["ctc", "dag"])
@@ -192,18 +190,7 @@ def test_a_killed_adversarial_run_resumes_both_models_and_optimisers(trained, tm
     assert summary["steps"] == 30
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nat_hf.train", str(TINY_CONFIG), *adversarial_overrides(corpus, start, killed, *extra)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    state = killed / "checkpoints" / "last" / "trainer_state.json"
-    deadline = time.time() + 240
-    while not state.is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert state.is_file(), "the run never wrote its first checkpoint"
-    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
+    kill_training_after_first_checkpoint(TINY_CONFIG, adversarial_overrides(corpus, start, killed, *extra), killed)
     checkpoint = sorted(path.name for path in (killed / "checkpoints" / "last").iterdir())
     assert {"model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin"} <= set(checkpoint)
 

@@ -2,9 +2,7 @@
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +15,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from nat_hf.data import DataError
 from nat_hf.train import ConfigError, build_config, check_init_from, decoding_options, load_config, train
+
+from .conftest import kill_training_after_first_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "training" / "configs" / "tiny_test.yaml"
@@ -83,20 +83,8 @@ def test_killed_run_resumes_to_the_same_loss(tmp_path, toy_corpus):
     train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, uninterrupted, *extra)))
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nat_hf.train", str(TINY_CONFIG), *tiny_overrides(toy_corpus, killed, *extra)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
-    state = killed / "checkpoints" / "last" / "trainer_state.json"
-    deadline = time.time() + 240
-    while not state.is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert state.is_file(), "the run never wrote its first checkpoint"
-    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
-    resumed_from = json.loads(state.read_text())["step"]
+    resumed_from = kill_training_after_first_checkpoint(TINY_CONFIG, tiny_overrides(toy_corpus, killed, *extra),
+                                                        killed)["step"]
     assert resumed_from < 40
 
     summary = train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, killed, *extra)), resume=True)

@@ -613,8 +613,8 @@ def test_dag_learns_sorting_in_one_pass(record_property):
 
 
 def test_dag_holds_both_modes_of_a_two_mode_task_in_one_pass(record_property):
-    """Each source has two correct outputs (ascending or descending order); one-pass CMLM mixes them (16% exact
-    match in tests/test_learning.py). The DAG keeps each mode on its own vertices and the path follows one."""
+    """Each source has two correct outputs (ascending or descending order); one-pass CMLM mixes them (about 16% exact
+    match: benchmarks/toy_two_mode.py). The DAG keeps each mode on its own vertices and the path follows one."""
     model, test = train_dag_on("sort_up_or_down")
     scores = {strategy: evaluate_toy_model(model, test, decoding_strategy=strategy) for strategy in STRATEGIES}
     for strategy, score in scores.items():

@@ -282,18 +282,3 @@ def test_glat_learns_sorting_in_one_pass(record_property):
     record_property("glat_sort_exact_match_1_pass", score.exact_match)
     print(f"glat sort: exact match {score.exact_match:.1%} in one pass; length accuracy {score.length_accuracy:.1%}")
     assert score.exact_match >= 0.95
-
-
-def test_glat_on_a_two_mode_task_is_reported(record_property):
-    """Each source has two correct outputs (ascending or descending). One-pass CMLM mixes the modes (16% exact
-    match in tests/test_learning.py). Glancing shows the second pass part of one reference, so the decoder can learn
-    to commit to one mode, but within 400 steps that is a coin toss over seeds: with this constant ratio 0.5 and
-    2 threads, seeds 0, 1, 2 gave 87.8%, 91.6%, 21.0% exact match (and a 0.8 -> 0.2 schedule 19%, 67%, 25%). So the
-    number is reported, not asserted; only the length, which the length predictor learns reliably, is checked."""
-    model, test = train_glat_on("sort_up_or_down", 400, {"glancing_ratio_start": 0.5, "glancing_ratio_end": 0.5,
-                                                         "glancing_anneal_steps": 0})
-    score = evaluate_toy_model(model, test, num_iterations=1, length_beam=1)
-    record_property("glat_sort_up_or_down_exact_match_1_pass", score.exact_match)
-    print(f"glat sort_up_or_down: exact match {score.exact_match:.1%} in one pass; "
-          f"length accuracy {score.length_accuracy:.1%}")
-    assert score.length_accuracy >= 0.95

@@ -408,13 +408,14 @@ def plot_frontier(speed: dict, quality: dict, split: str) -> bool:
 
 def render_toy(entry: dict) -> list[str]:
     """benchmarks/toy_two_mode.py: exact match per method, decoding and seed."""
-    data = entry["data"]
+    data, machine_info = entry["data"], entry["machine"]
     seeds = [str(seed) for seed in data["seeds"]]
     lines = [f"### {entry['name']}", "", f"- command: `{entry['command']}`",
-             f"- commit `{entry['commit']}`, {entry['date']}, {entry['machine']['torch_threads']} threads; toy task "
-             f"`{data['task']}`, exact match on 500 held-out pairs", *note_lines(entry), "",
+             f"- commit `{entry['commit']}`, {entry['date']}, on {machine_info['cpu']} (torch {machine_info['torch']}, "
+             f"{machine_info['torch_threads']} threads); toy task `{data['task']}`, exact match on 500 held-out pairs",
+             *note_lines(entry), "",
              "| method | decoding | " + " | ".join(f"seed {seed}" for seed in seeds) + " | mean |",
-             "| --- | --- | " + "--- | " * (len(seeds) + 1)]
+             "|" + " --- |" * (len(seeds) + 3)]
     for label, system in data["systems"].items():
         for decoding, values in system["exact_match"].items():
             mean = sum(values[seed] for seed in seeds) / len(seeds)

@@ -2,8 +2,8 @@
 for every method, over seeds: `python benchmarks/toy_two_mode.py --seeds 0 1 2 --threads 2 --output toy.json`,
 then `python benchmarks/results.py record-bench toy.json --name toy-two-mode --command "..."`.
 
-Each recipe is the tiny setting of the method's sort-task learning test (tests/test_learning.py,
-tests/test_method_*.py), trained with `nat_hf.toy.learn_toy_task` and scored by exact match on 500 held-out pairs,
+Each recipe is the learning tests' tiny model (tests/test_learning.py, tests/test_method_*.py) with the steps and
+options below, trained with `nat_hf.toy.learn_toy_task` and scored by exact match on 500 held-out pairs,
 decoded in one pass (and, for Mask-Predict, with 4 iterations). One-pass CMLM mixes the two orders; the question is
 which single-pass method does not. (The suite asserts only the DAG's; the rest are measured here, over seeds, as
 some are seed-dependent.)"""

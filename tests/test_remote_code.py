@@ -25,11 +25,12 @@ except ImportError:
     pass
 import torch
 from transformers import AutoModelForSeq2SeqLM
-model = AutoModelForSeq2SeqLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-input_ids = torch.tensor(json.loads(sys.argv[2]))
-output = model.generate(input_ids, attention_mask=(input_ids != 0).long())
-print(json.dumps({"module": type(model).__module__, "ids": output.tolist(), "objective": model.config.objective,
-                  "options": {name: getattr(model.generation_config, name, None) for name in json.loads(sys.argv[3])}}))
+input_ids = torch.tensor(json.loads(sys.argv[1]))
+for name_or_path, option_names in json.loads(sys.argv[2]):  # one process for every model: one interpreter start
+    model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, trust_remote_code=True).eval()
+    output = model.generate(input_ids, attention_mask=(input_ids != 0).long())
+    print(json.dumps({"module": type(model).__module__, "ids": output.tolist(), "objective": model.config.objective,
+                      "options": {name: getattr(model.generation_config, name, None) for name in option_names}}))
 """
 
 SOURCES = [[5, 6, 7, 8, 1], [9, 10, 1, 0, 0]]
@@ -52,15 +53,15 @@ def non_default_options(model) -> dict:
     return changed
 
 
-def load_in_fresh_process(name_or_path: str, hf_home, option_names: list[str]) -> dict:
+def load_in_fresh_process(models: list[tuple[str, list[str]]], hf_home) -> list[dict]:
+    """Load each (directory or repo id, decoding option names) in ONE python process where `nat_hf` cannot be
+    imported, offline, with `hf_home` as the Hub cache; each model's class module, output on SOURCES and options."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_GENERATE, name_or_path, json.dumps(SOURCES), json.dumps(option_names)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    result = subprocess.run([sys.executable, "-c", LOAD_AND_GENERATE, json.dumps(SOURCES), json.dumps(models)],
+                            capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return [json.loads(line) for line in result.stdout.strip().splitlines()[-len(models):]]
 
 
 def save_objective_model(directory, objective: str) -> tuple[list, dict]:
@@ -75,11 +76,31 @@ def save_objective_model(directory, objective: str) -> tuple[list, dict]:
     return model.generate(torch.tensor(SOURCES)).tolist(), options
 
 
+HUB_REPO = "nat-hf/tiny-test"
+
+
+@pytest.fixture(scope="module")
+def remote_loads(tmp_path_factory) -> dict:
+    """Every objective's tiny model saved in a directory of its own, and the cmlm one also in an offline Hub-style
+    cache under a repo id; all loaded in one fresh process. name -> (expected ids, options, loaded result)."""
+    root = tmp_path_factory.mktemp("remote_code")
+    saved = {objective: save_objective_model(root / objective, objective) for objective in sorted(METHODS)}
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / "hf" / "hub" / "models--nat-hf--tiny-test"
+    shutil.copytree(root / "cmlm", repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    saved[HUB_REPO] = saved["cmlm"]
+    location = {**{objective: str(root / objective) for objective in METHODS}, HUB_REPO: HUB_REPO}
+    keys = list(saved)
+    results = load_in_fresh_process([(location[key], list(saved[key][1])) for key in keys], root / "hf")
+    assert len(results) == len(keys)
+    return {key: (*saved[key], results[index]) for index, key in enumerate(keys)}
+
+
 @pytest.mark.parametrize("objective", sorted(METHODS))
-def test_remote_code_load_from_a_directory(tmp_path, objective):
-    directory = tmp_path / "model"
-    expected, options = save_objective_model(directory, objective)
-    result = load_in_fresh_process(str(directory), tmp_path / "hf", list(options))
+def test_remote_code_load_from_a_directory(remote_loads, objective):
+    expected, options, result = remote_loads[objective]
     assert result["module"].startswith("transformers_modules.")
     assert result["objective"] == objective
     assert result["ids"] == expected
@@ -91,16 +112,10 @@ def test_non_default_options_move_the_generation_config():
     assert non_default_options(model) == {"num_iterations": 11, "length_beam": 6}
 
 
-def test_remote_code_load_by_repo_id_from_an_offline_hub_cache(tmp_path):
-    directory = tmp_path / "model"
-    expected, options = save_objective_model(directory, "cmlm")
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hf" / "hub" / "models--nat-hf--tiny-test"
-    shutil.copytree(directory, repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-    result = load_in_fresh_process("nat-hf/tiny-test", tmp_path / "hf", list(options))
+def test_remote_code_load_by_repo_id_from_an_offline_hub_cache(remote_loads):
+    expected, options, result = remote_loads[HUB_REPO]
     assert result["module"].startswith("transformers_modules.")
+    assert result["objective"] == "cmlm"
     assert result["ids"] == expected
     assert result["options"] == options == {"num_iterations": 11, "length_beam": 6,
                                             "decoding_strategy": "mask_predict"}

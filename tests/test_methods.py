@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from nat_hf import NATConfig, NATForConditionalGeneration
+from nat_hf.methods import METHODS
 
-from .conftest import TINY
+from .conftest import TINY, objective_config_kwargs
 
 PINNED = json.loads(Path(__file__).with_name("pinned_generate.json").read_text())
 SOURCES = torch.tensor([[5, 6, 7, 8, 9, 10, 1], [11, 12, 13, 1, 0, 0, 0], [14, 15, 16, 17, 1, 0, 0],
@@ -143,3 +144,25 @@ def test_the_config_check_runs_the_methods_option_validation(monkeypatch):
         build_config({"eval": {"final_decoding": {"num_iterations": 3}}})
     with pytest.raises(ValueError, match="num_iterations=3 is refused"):
         pinned_model("cmlm").generate(SOURCES, num_iterations=3)
+
+
+@pytest.mark.parametrize("objective", sorted(METHODS))
+def test_a_method_predicting_target_positions_decodes_exactly_its_planned_lengths(objective):
+    """`predicts_target_positions` (what a speculative drafter and an adversarial generator rely on): decoding at
+    forced lengths returns exactly those lengths, and `one_pass_logits` gives one distribution per target position.
+    The other methods are refused by both (tests/test_speculative.py, tests/test_adversarial.py)."""
+    method = METHODS[objective]
+    if not method.predicts_target_positions:
+        pytest.skip(f"{objective} decodes over positions of its own")
+    torch.manual_seed(0)
+    model = NATForConditionalGeneration(NATConfig(**objective_config_kwargs(objective))).eval()
+    attention_mask = SOURCES != 0
+    forced = torch.tensor([3, 5, 1, 4])
+    options = {**method.option_defaults(), "max_length": 30, "return_dict_in_generate": False}
+    with torch.no_grad():
+        hypotheses = method.decode(model, SOURCES, attention_mask, options, forced_lengths=forced)
+        context = model.model.make_context(SOURCES, attention_mask, model.model.encode(SOURCES, attention_mask))
+        target_mask = torch.arange(5)[None, :] < forced[:, None]
+        logits = method.one_pass_logits(model, context, target_mask)
+    assert torch.equal(hypotheses.lengths, forced)
+    assert logits.shape == (4, 5, model.config.vocab_size)

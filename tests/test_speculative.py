@@ -179,7 +179,7 @@ def test_bad_arguments_raise_naming_the_problem(toy_ar):
         ar.generate(**kwargs, drafter=drafter, draft_iterations=0)
     with pytest.raises(ValueError, match="output_scores"):
         ar.generate(**kwargs, drafter=drafter, return_dict_in_generate=True, output_scores=True)
-    with pytest.raises(ValueError, match="'dag' decodes over its own upsampled positions"):
+    with pytest.raises(ValueError, match=r"methods cmlm, glat, vanilla\); 'dag' decodes over positions of its own"):
         ar.generate(**kwargs, drafter=tiny_drafter("dag"))
     other_vocabulary = NATForConditionalGeneration(NATConfig(**{**TINY, "vocab_size": VOCAB + 5}))
     with pytest.raises(ValueError, match="vocab_size"):

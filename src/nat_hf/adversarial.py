@@ -22,9 +22,10 @@ costs nothing. The discriminator trains `discriminator_steps` times per generato
 on a fresh sample from the generator's (detached) distribution; during the first `discriminator_warmup_steps`
 steps it trains alone: the generator gets its NAT loss only.
 
-Methods: those whose decoder positions are target positions (cmlm, vanilla, glat; `LengthHeadMethod`). CTC and
-DAG decoders output over upsampled positions, which a discriminator reading target sentences cannot take without
-an alignment: refused with an error naming the method.
+Methods: those whose decoder positions are target positions (`NATMethod.predicts_target_positions`: cmlm,
+vanilla, glat). CTC and DAG decoders output over upsampled positions (and blank-emitting ones over positions with
+blanks), which a discriminator reading target sentences cannot take without an alignment: refused with an error
+naming the method.
 """
 
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .method_base import LengthHeadMethod, special_token_ids
+from .method_base import methods_predicting_target_positions, special_token_ids
+from .methods import METHODS
 from .modeling_discriminator import NATDiscriminator, NATDiscriminatorConfig
 
 DISCRIMINATOR_DIR = "best_discriminator"  # beside best/: the discriminator saved with the best generator
@@ -112,10 +114,11 @@ def discriminator_config(args: AdversarialArgs, vocab_size: int, max_source_posi
 def check_generator(model) -> None:
     """ValueError unless `model` is a NAT model whose decoder outputs a distribution per target position."""
     method = getattr(model, "nat_method", None)
-    if not isinstance(method, LengthHeadMethod):
+    if not getattr(method, "predicts_target_positions", False):
         objective = getattr(model.config, "objective", type(model).__name__)
-        raise ValueError(f"adversarial training needs a decoder that predicts target positions (methods cmlm, "
-                         f"vanilla, glat); {objective!r} outputs over its own upsampled positions")
+        raise ValueError(f"adversarial training needs a decoder that predicts target positions (methods "
+                         f"{', '.join(methods_predicting_target_positions(METHODS))}); {objective!r} outputs over "
+                         "positions of its own (upsampled, or with blanks)")
 
 
 def build_discriminator(args: AdversarialArgs, generator) -> NATDiscriminator:

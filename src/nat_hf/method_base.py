@@ -112,6 +112,9 @@ class NATMethod:
     Options: type = NoOptions
     # Training hyper-parameters kept in `NATConfig.method_options` (a dataclass; `validate(self)` may check them).
     TrainingOptions: type = NoOptions
+    # Whether decoder position i holds target token i (a planned length, no blanks, no upsampling), and
+    # `one_pass_logits` gives that distribution: what a speculative drafter and an adversarial generator need.
+    predicts_target_positions: bool = False
 
     def check_training_options(self, given: dict | None) -> dict:
         """`NATConfig.method_options` checked against `TrainingOptions`: every option, defaults filled in. Unknown
@@ -224,6 +227,11 @@ def lowest_scoring_positions(scores: torch.Tensor, valid: torch.Tensor, counts: 
         -1, ordered, torch.arange(ordered.shape[-1], device=ordered.device).expand_as(ordered)
     )  # rank[row, position] = place of the position in ascending score order
     return (rank < counts[:, None]) & valid
+
+
+def methods_predicting_target_positions(methods: dict) -> list[str]:
+    """The names of the registry's methods whose decoder positions are target positions (for error messages)."""
+    return sorted(name for name, method in methods.items() if method.predicts_target_positions)
 
 
 def special_token_ids(config) -> list[int]:
@@ -357,6 +365,8 @@ class LengthHeadMethod(NATMethod):
     """Shared by the methods whose decoder length is predicted: a linear length classifier on the mean of the
     non-padding encoder states (`model.length_predictor`), its cross-entropy added to the token loss with
     `config.length_loss_weight`. Subclasses implement `token_loss`."""
+
+    predicts_target_positions = True
 
     def heads(self, config) -> dict[str, nn.Module]:
         return {"length_predictor": nn.Linear(config.d_model, config.num_length_classes)}

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers.generation.utils import GenerateEncoderDecoderOutput
 
-from .method_base import DecodingState, LengthHeadMethod, lowest_scoring_positions
+from .method_base import DecodingState, lowest_scoring_positions, methods_predicting_target_positions
 from .method_cmlm import refine
+from .methods import METHODS
 
 UNSUPPORTED_OUTPUTS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
 
@@ -59,9 +60,10 @@ class SpeculativeStats:
 
 def check_drafter_method(model) -> None:
     """A drafter's method must place tokens at target positions, after a known prefix."""
-    if not isinstance(model.nat_method, LengthHeadMethod):
-        raise ValueError(f"a drafter must predict target positions from a known prefix (methods cmlm, vanilla, glat);"
-                         f" {model.config.objective!r} decodes over its own upsampled positions")
+    if not model.nat_method.predicts_target_positions:
+        raise ValueError(f"a drafter must predict target positions from a known prefix (methods "
+                         f"{', '.join(methods_predicting_target_positions(METHODS))}); {model.config.objective!r} "
+                         "decodes over positions of its own (upsampled, or with blanks)")
 
 
 class NATDrafter:

@@ -913,13 +913,14 @@ def check_init_from(config: TrainConfig) -> None:
         raise ConfigError(f"model.init_from: cannot read a model config from {config.model.init_from}: "
                           f"{error}") from None
     if config.adversarial.enabled:  # first: a generator that cannot be trained so makes its decoding moot
-        from .method_base import LengthHeadMethod
+        from .method_base import methods_predicting_target_positions
 
-        if not isinstance(saved, NATConfig) or not isinstance(METHODS[saved.objective], LengthHeadMethod):
+        if not isinstance(saved, NATConfig) or not METHODS[saved.objective].predicts_target_positions:
             what = f"objective {saved.objective!r}" if isinstance(saved, NATConfig) else type(saved).__name__
             raise ConfigError(f"adversarial.enabled: the generator ({config.model.init_from}, {what}) must be a NAT "
-                              "model whose decoder predicts target positions (methods cmlm, vanilla, glat); ctc "
-                              "and dag output over upsampled positions")
+                              "model whose decoder predicts target positions (methods "
+                              f"{', '.join(methods_predicting_target_positions(METHODS))}); others output over "
+                              "positions of their own (upsampled, or with blanks)")
     if isinstance(saved, NATConfig):
         check_decoding_options(config, saved)
 

@@ -5,6 +5,7 @@ Static relative imports only (remote code copies the files they name), and apart
 method files import: keeping the table there would make an import cycle.
 """
 
+from .method_axe import AXEMethod
 from .method_base import NATMethod
 from .method_cmlm import CMLMMethod
 from .method_ctc import CTCMethod
@@ -18,6 +19,7 @@ METHODS: dict[str, NATMethod] = {
     "glat": GLATMethod(),
     "ctc": CTCMethod(),
     "dag": DAGMethod(),
+    "axe": AXEMethod(),
 }
 
 

@@ -30,6 +30,7 @@ RECIPES = {
     "dag+glancing": ({"steps": 200, "learning_rate": 5e-3, "objective": "dag", "max_target_positions": 32,
                       "method_options": {"upsample_ratio": 2.0, "glancing_ratio_start": 0.5}},
                      {strategy: {"decoding_strategy": strategy} for strategy in ("greedy", "lookahead", "viterbi")}),
+    "axe": ({"steps": 300, "objective": "axe"}, {"1 pass": {"length_beam": 1}}),
 }
 
 

@@ -8,7 +8,7 @@
 #                                     # cost at 256 is timed with extended tables, see nat_hf.bench)
 #   benchmarks/multi30k.sh quality    # quality and failure modes of every system of the speed run
 #   benchmarks/multi30k.sh card       # the NAT model's card (model_cards/) from the speed and quality JSON
-#   benchmarks/multi30k.sh singlepass-train  # issue 12: Mask-Predict, GLAT, CTC+GLAT, DAG+GLAT (upsampling 2, 4, 8)
+#   benchmarks/multi30k.sh singlepass-train  # issue 12: Mask-Predict, GLAT, CTC+GLAT, DAG+GLAT (upsampling 2, 4, 8), AXE
 #                                             # (resumable: rerun after a kill, each run continues with --resume)
 #   benchmarks/multi30k.sh singlepass # issue 12: one speed + one quality run of those beside the AR teacher
 #   benchmarks/multi30k.sh speculative-train  # issue 13: greedy distillation, the CMLM drafter, the AR draft model
@@ -114,7 +114,7 @@ case ${1:-} in
     ;;
   singlepass-train)
     for name in ${SINGLEPASS_CONFIGS:-multi30k_cmlm_distill_arinit multi30k_glat multi30k_ctc_glat multi30k_dag_glat \
-        multi30k_dag_glat_r2 multi30k_dag_glat_r8}; do
+        multi30k_axe multi30k_dag_glat_r2 multi30k_dag_glat_r8}; do
       train_resumable "$name"
     done
     ;;
@@ -160,6 +160,7 @@ case ${1:-} in
 --system glat-1pass=runs/multi30k_glat/best:num_iterations=1,length_beam=1 \
 --system glat-lb5=runs/multi30k_glat/best:num_iterations=1,length_beam=5 \
 --system ctc-glat=runs/multi30k_ctc_glat/best:decoding_strategy=greedy \
+--system axe-1pass=runs/multi30k_axe/best:length_beam=1 \
 --system dag-glat-greedy=runs/multi30k_dag_glat/best:decoding_strategy=greedy \
 --system dag-glat-lookahead=runs/multi30k_dag_glat/best:decoding_strategy=lookahead \
 --system dag-glat-viterbi=runs/multi30k_dag_glat/best:decoding_strategy=viterbi \
@@ -238,6 +239,7 @@ case ${1:-} in
     baselines="--baseline nat-1pass-eager --baseline nat-mp2-eager --baseline nat-mp4-eager"
     [ -f "$dag/config.json" ] && baselines="$baselines --baseline dag-lookahead-eager"
     for spec in glat:multi30k_glat:num_iterations=1,length_beam=1 ctc-glat:multi30k_ctc_glat:decoding_strategy=greedy \
+        axe:multi30k_axe:length_beam=1 \
         dag-greedy:multi30k_dag_glat:decoding_strategy=greedy dag-viterbi:multi30k_dag_glat:decoding_strategy=viterbi; do
       label=${spec%%:*} rest=${spec#*:}
       run=runs/${rest%%:*} options=${rest#*:}

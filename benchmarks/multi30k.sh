@@ -11,6 +11,7 @@
 #   benchmarks/multi30k.sh singlepass-train  # issue 12: Mask-Predict, GLAT, CTC+GLAT, DAG+GLAT (upsampling 2, 4, 8), AXE
 #                                             # (resumable: rerun after a kill, each run continues with --resume)
 #   benchmarks/multi30k.sh singlepass # issue 12: one speed + one quality run of those beside the AR teacher
+#   benchmarks/multi30k.sh dag-decoding # issue 12: the DAG model's lookahead weight / Viterbi exponent on val and test
 #   benchmarks/multi30k.sh speculative-train  # issue 13: greedy distillation, the CMLM drafter, the AR draft model
 #   benchmarks/multi30k.sh adversarial-train  # issue 15: the trained CMLM drafter, 600 more updates without / with GAN
 #   benchmarks/multi30k.sh adversarial # issue 15: quality (BLEU, chrF, repeats, length error) of both arms
@@ -177,6 +178,24 @@ case ${1:-} in
     python benchmarks/results.py record-bench runs/bench/singlepass_quality.json --name singlepass-quality \
       --command "$command" --gap-to ar-greedy --gap-to ar-beam4
     ;;
+  dag-decoding)
+    # issue 12: the DAG+GLAT model's decoding settings on val (pick there, read test): lookahead's token weight
+    # (beta) and Viterbi's length exponent, beside greedy and the AR teacher's greedy
+    dag=runs/multi30k_dag_glat/best
+    systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
+--system greedy=$dag:decoding_strategy=greedy"
+    for weight in 0.5 1.0 1.5 2.0; do
+      systems="$systems --system lookahead-w$weight=$dag:decoding_strategy=lookahead,lookahead_weight=$weight"
+    done
+    for exponent in 0.5 0.75 1.0 1.25 1.5; do
+      systems="$systems --system viterbi-e$exponent=$dag:decoding_strategy=viterbi,viterbi_length_exponent=$exponent"
+    done
+    command="nat-hf bench quality $systems --data-dir $NAT_HF_DATA_DIR --splits val test_2016_flickr \
+--threads $THREADS --output runs/bench/dag_decoding.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/dag_decoding.json --name dag-decoding \
+      --command "$command" --gap-to ar-greedy
+    ;;
   adversarial-train)
     # issue 15: from the same trained one-pass CMLM model (speculative-train makes it), 600 more updates without and
     # with the adversarial term
@@ -257,7 +276,7 @@ case ${1:-} in
     ;;
   *)
     echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass|speculative-train|speculative|\
-adversarial-train|adversarial|runtime" >&2
+adversarial-train|adversarial|runtime|dag-decoding" >&2
     exit 2
     ;;
 esac

@@ -12,6 +12,7 @@
 #                                             # (resumable: rerun after a kill, each run continues with --resume)
 #   benchmarks/multi30k.sh singlepass # issue 12: one speed + one quality run of those beside the AR teacher
 #   benchmarks/multi30k.sh dag-decoding # issue 12: the DAG model's lookahead weight / Viterbi exponent on val and test
+#   benchmarks/multi30k.sh dag-speed  # issue 12: the DAG model's decodings, batch 1 and 64, beside AR greedy (idle machine)
 #   benchmarks/multi30k.sh speculative-train  # issue 13: greedy distillation, the CMLM drafter, the AR draft model
 #   benchmarks/multi30k.sh adversarial-train  # issue 15: the trained CMLM drafter, 600 more updates without / with GAN
 #   benchmarks/multi30k.sh adversarial # issue 15: quality (BLEU, chrF, repeats, length error) of both arms
@@ -196,6 +197,20 @@ case ${1:-} in
     python benchmarks/results.py record-bench runs/bench/dag_decoding.json --name dag-decoding \
       --command "$command" --gap-to ar-greedy
     ;;
+  dag-speed)
+    # issue 12: batch-1 latency and batch-64 throughput of the DAG+GLAT model's decodings (Viterbi with the length
+    # exponent picked on val by dag-decoding) beside the AR teacher greedy (transformers and CTranslate2 int8)
+    dag=runs/multi30k_dag_glat/best
+    systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
+--system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1,max_decoding_length=$AR_MAX \
+--system dag-greedy=$dag:decoding_strategy=greedy \
+--system dag-lookahead-w1.0=$dag:decoding_strategy=lookahead,lookahead_weight=1.0 \
+--system dag-viterbi-e1.25=$dag:decoding_strategy=viterbi,viterbi_length_exponent=1.25"
+    command="nat-hf bench speed $systems --source $TEST.en --sentences 256 --batch-sizes 1,64 --repeats 3 \
+--threads $THREADS --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/dag_speed.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/dag_speed.json --name dag-speed --command "$command"
+    ;;
   adversarial-train)
     # issue 15: from the same trained one-pass CMLM model (speculative-train makes it), 600 more updates without and
     # with the adversarial term
@@ -276,7 +291,7 @@ case ${1:-} in
     ;;
   *)
     echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass|speculative-train|speculative|\
-adversarial-train|adversarial|runtime|dag-decoding" >&2
+adversarial-train|adversarial|runtime|dag-decoding|dag-speed" >&2
     exit 2
     ;;
 esac

@@ -12,7 +12,7 @@
 #                                             # (resumable: rerun after a kill, each run continues with --resume)
 #   benchmarks/multi30k.sh singlepass # issue 12: one speed + one quality run of those beside the AR teacher
 #   benchmarks/multi30k.sh dag-decoding # issue 12: the DAG model's lookahead weight / Viterbi exponent on val and test
-#   benchmarks/multi30k.sh dag-speed  # issue 12: the DAG model's decodings, batch 1 and 64, beside AR greedy (idle machine)
+#   benchmarks/multi30k.sh dag-speed  # issue 12: the DAG model's decodings on torch/ORT, batch 1 and 64, vs AR greedy
 #   benchmarks/multi30k.sh speculative-train  # issue 13: greedy distillation, the CMLM drafter, the AR draft model
 #   benchmarks/multi30k.sh adversarial-train  # issue 15: the trained CMLM drafter, 600 more updates without / with GAN
 #   benchmarks/multi30k.sh adversarial # issue 15: quality (BLEU, chrF, repeats, length error) of both arms
@@ -198,18 +198,32 @@ case ${1:-} in
       --command "$command" --gap-to ar-greedy
     ;;
   dag-speed)
-    # issue 12: batch-1 latency and batch-64 throughput of the DAG+GLAT model's decodings (Viterbi with the length
-    # exponent picked on val by dag-decoding) beside the AR teacher greedy (transformers and CTranslate2 int8)
-    dag=runs/multi30k_dag_glat/best
+    # issue 12: batch-1 latency and batch-64 throughput of the DAG+GLAT model's val-picked decodings (dag-decoding:
+    # Viterbi with length exponent 1.25, the best on val; lookahead weight 2.0, the best lookahead on val) on torch
+    # eager, torch.compile and ONNX Runtime fp32/int8, beside the AR teacher greedy (transformers, CTranslate2
+    # int8); then the test BLEU of each runtime and how many outputs equal eager's (idle machine)
+    dag=runs/multi30k_dag_glat/best onnx=runs/multi30k_dag_glat/onnx_int8
+    [ -f $onnx/onnx_export.json ] || nat-hf export $dag $onnx --int8 > /dev/null
     systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
---system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1,max_decoding_length=$AR_MAX \
---system dag-greedy=$dag:decoding_strategy=greedy \
---system dag-lookahead-w1.0=$dag:decoding_strategy=lookahead,lookahead_weight=1.0 \
---system dag-viterbi-e1.25=$dag:decoding_strategy=viterbi,viterbi_length_exponent=1.25"
-    command="nat-hf bench speed $systems --source $TEST.en --sentences 256 --batch-sizes 1,64 --repeats 3 \
---threads $THREADS --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/dag_speed.json"
+--system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1,max_decoding_length=$AR_MAX"
+    runtimes=""
+    for decoding in lookahead-w2.0:decoding_strategy=lookahead,lookahead_weight=2.0 \
+        viterbi-e1.25:decoding_strategy=viterbi,viterbi_length_exponent=1.25; do
+      name=dag-${decoding%%:*} options=${decoding#*:}
+      runtimes="$runtimes --system $name-eager=$dag:$options --system $name-ort=$onnx:$options \
+--system $name-ort-int8=$onnx:int8=1,$options"
+      systems="$systems --system $name-compile=$dag:compile=1,$options"
+    done
+    command="nat-hf bench speed $systems $runtimes --source $TEST.en --sentences 256 --batch-sizes 1,64 \
+--repeats 3 --threads $THREADS --baseline ar-greedy --baseline ct2-int8-greedy --baseline dag-lookahead-w2.0-eager \
+--output runs/bench/dag_speed.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/dag_speed.json --name dag-speed --command "$command"
+    command="nat-hf bench quality $runtimes --data-dir $NAT_HF_DATA_DIR --splits test_2016_flickr --threads $THREADS \
+--baseline dag-lookahead-w2.0-eager --baseline dag-viterbi-e1.25-eager --output runs/bench/dag_runtime_quality.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/dag_runtime_quality.json --name dag-runtime-quality \
+      --command "$command"
     ;;
   adversarial-train)
     # issue 15: from the same trained one-pass CMLM model (speculative-train makes it), 600 more updates without and

@@ -216,9 +216,10 @@ case ${1:-} in
     done
     command="nat-hf bench speed $systems $runtimes --source $TEST.en --sentences 256 --batch-sizes 1,64 \
 --repeats 3 --threads $THREADS --baseline ar-greedy --baseline ct2-int8-greedy --baseline dag-lookahead-w2.0-eager \
---output runs/bench/dag_speed.json"
+--output runs/bench/dag_runtime_speed.json"
     $command > /dev/null
-    python benchmarks/results.py record-bench runs/bench/dag_speed.json --name dag-speed --command "$command"
+    python benchmarks/results.py record-bench runs/bench/dag_runtime_speed.json --name dag-runtime-speed \
+      --command "$command"
     command="nat-hf bench quality $runtimes --data-dir $NAT_HF_DATA_DIR --splits test_2016_flickr --threads $THREADS \
 --baseline dag-lookahead-w2.0-eager --baseline dag-viterbi-e1.25-eager --output runs/bench/dag_runtime_quality.json"
     $command > /dev/null

@@ -183,3 +183,13 @@ def test_an_export_drafts_for_speculative_decoding(cmlm_export):
     stats = SpeculativeStats()
     output = ar.generate(**batch, max_new_tokens=12, **speculative_kwargs(ar, onnx_model, stats=stats))
     assert torch.equal(output, ar.generate(**batch, max_new_tokens=12)) and len(stats.ar_forward_passes) == 3
+
+
+def test_sessions_do_not_busy_wait_between_runs(cmlm_export):
+    """ORT's threads would otherwise spin after each graph and starve the torch ops decoding runs between graphs."""
+    _, exported = cmlm_export
+    backbone = ORTNATForConditionalGeneration.from_pretrained(exported, threads=2).model
+    for graph in (backbone.encoder, backbone.decoder):
+        options = graph.session.get_session_options()
+        for entry in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+            assert options.get_session_config_entry(entry) == "0"

@@ -201,7 +201,8 @@ case ${1:-} in
     # issue 12: batch-1 latency and batch-64 throughput of the DAG+GLAT model's val-picked decodings (dag-decoding:
     # Viterbi with length exponent 1.25, the best on val; lookahead weight 2.0, the best lookahead on val) on torch
     # eager, torch.compile and ONNX Runtime fp32/int8, beside the AR teacher greedy (transformers, CTranslate2
-    # int8); then the test BLEU of each runtime and how many outputs equal eager's (idle machine)
+    # int8); then the test BLEU of each (compile: eager's arithmetic) beside the AR systems', and how many outputs
+    # equal eager's (idle machine for the speed run)
     dag=runs/multi30k_dag_glat/best onnx=runs/multi30k_dag_glat/onnx_int8
     [ -f $onnx/onnx_export.json ] || nat-hf export $dag $onnx --int8 > /dev/null
     systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
@@ -220,11 +221,12 @@ case ${1:-} in
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/dag_runtime_speed.json --name dag-runtime-speed \
       --command "$command"
-    command="nat-hf bench quality $runtimes --data-dir $NAT_HF_DATA_DIR --splits test_2016_flickr --threads $THREADS \
---baseline dag-lookahead-w2.0-eager --baseline dag-viterbi-e1.25-eager --output runs/bench/dag_runtime_quality.json"
+    command="nat-hf bench quality $(echo "$systems" | sed -E 's/--system [a-z0-9.-]+-compile=[^ ]+//g') $runtimes \
+--data-dir $NAT_HF_DATA_DIR --splits test_2016_flickr --threads $THREADS --baseline dag-lookahead-w2.0-eager \
+--baseline dag-viterbi-e1.25-eager --output runs/bench/dag_runtime_quality.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/dag_runtime_quality.json --name dag-runtime-quality \
-      --command "$command"
+      --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy
     ;;
   adversarial-train)
     # issue 15: from the same trained one-pass CMLM model (speculative-train makes it), 600 more updates without and

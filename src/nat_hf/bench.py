@@ -235,7 +235,8 @@ def machine(threads: int) -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-            "commit": commit or None, "date": datetime.date.today().isoformat()}
+            # to the minute, in UTC: records of one day sort by when they were measured (the newest is the headline)
+            "commit": commit or None, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def benchmark_speed(systems: list[System], sentences: list[str], batch_sizes: list[int], threads: int,

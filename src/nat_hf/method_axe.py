@@ -40,6 +40,7 @@ from .method_base import (
     best_candidates,
     check_finite,
     check_integer,
+    left_pack,
     predict_tokens,
     special_token_ids,
 )
@@ -110,14 +111,8 @@ def remove_blanks(tokens: torch.Tensor, lengths: torch.Tensor, blank: int, pad: 
     Returns:
         `(tokens [B, L'], lengths [B])`, right-padded with `pad`; `L'` the longest result.
     """
-    batch, positions = tokens.shape
-    keep = (torch.arange(positions, device=tokens.device) < lengths[:, None]) & (tokens != blank)
-    out_lengths = keep.sum(-1)
-    slot = keep.long().cumsum(-1) - 1
-    out = tokens.new_full((batch, positions), pad)
-    rows, cols = keep.nonzero(as_tuple=True)
-    out[rows, slot[rows, cols]] = tokens[rows, cols]
-    return out[:, : int(out_lengths.max()) if batch else 0], out_lengths
+    valid = torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]
+    return left_pack(tokens, valid & (tokens != blank), pad)
 
 
 @dataclass

@@ -234,6 +234,18 @@ def methods_predicting_target_positions(methods: dict) -> list[str]:
     return sorted(name for name, method in methods.items() if method.predicts_target_positions)
 
 
+def left_pack(tokens: torch.Tensor, keep: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept tokens of each row moved to its front, in order: `tokens`, `keep` `[B, L]` -> `(packed [B, L'],
+    counts [B])`, right-padded with `pad`, `L'` the largest count (e.g. an alignment read off by dropping blanks)."""
+    batch, positions = tokens.shape
+    counts = keep.sum(dim=1)
+    slot = keep.long().cumsum(dim=1) - 1  # where each kept token goes
+    out = tokens.new_full((batch, positions), pad)
+    rows, cols = keep.nonzero(as_tuple=True)
+    out[rows, slot[rows, cols]] = tokens[rows, cols]
+    return out[:, : int(counts.max()) if batch else 0], counts
+
+
 def special_token_ids(config) -> list[int]:
     """Token ids no decoding ever outputs."""
     return [i for i in (config.pad_token_id, config.eos_token_id, config.mask_token_id, config.blank_token_id,

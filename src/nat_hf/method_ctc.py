@@ -20,7 +20,15 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .method_base import Hypotheses, LossOutput, NATMethod, check_finite, predict_tokens, special_token_ids
+from .method_base import (
+    Hypotheses,
+    LossOutput,
+    NATMethod,
+    check_finite,
+    left_pack,
+    predict_tokens,
+    special_token_ids,
+)
 from .method_glat import GlancingOptions, glancing_reveal
 
 
@@ -221,14 +229,7 @@ def ctc_collapse(
     valid = torch.arange(positions, device=tokens.device) < lengths[:, None]
     new_label = torch.ones_like(valid)
     new_label[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
-    keep = valid & new_label & (tokens != blank)
-    out_lengths = keep.sum(dim=1)
-    width = int(out_lengths.max()) if batch else 0
-    slot = keep.long().cumsum(dim=1) - 1  # where each kept label goes
-    out = tokens.new_full((batch, positions), pad)
-    rows, cols = keep.nonzero(as_tuple=True)
-    out[rows, slot[rows, cols]] = tokens[rows, cols]
-    return out[:, :width], out_lengths
+    return left_pack(tokens, valid & new_label & (tokens != blank), pad)
 
 
 def ctc_best_alignment(

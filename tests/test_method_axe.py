@@ -225,7 +225,7 @@ def test_the_loss_is_the_alignment_cost_per_target_token(source_batch):
 
 
 def test_axe_learns_sorting_in_one_pass(record_property):
-    model, test, losses = learn_toy_task("sort", 300, 0, objective="axe")
+    model, test, losses = learn_toy_task("sort", 200, 0, objective="axe")
     assert sum(losses[-50:]) / 50 < losses[0] / 2
     score = evaluate_toy_model(model, test, length_beam=1)
     record_property("axe_sort_exact_match", score.exact_match)

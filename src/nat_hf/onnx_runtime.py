@@ -78,6 +78,7 @@ def _export(module: torch.nn.Module, args: tuple, names: list[str], output: str,
     dims = {}
     shapes = {name: {axis: dims.setdefault(dim, Dim(dim)) for axis, dim in axes.items()}
               for name, axes in dynamic.items()}
+    module.eval()  # the wrapper too (its model is already in eval mode): no training-mode export
     torch.onnx.export(module, args, str(path), input_names=names, output_names=[output],
                       dynamic_shapes=tuple(shapes.get(name) for name in names), dynamo=True, verbose=False,
                       opset_version=opset)

@@ -184,16 +184,8 @@ class AXEMethod(LengthHeadMethod):
         without blanks, may be shorter)."""
         config = model.config
         length_beam = options["length_beam"]
-        encoder_hidden_states = model.model.encode(input_ids, attention_mask)
-        if forced_lengths is None:
-            lengths, length_logits = self.plan_lengths(model, input_ids, attention_mask, encoder_hidden_states,
-                                                       length_beam, options["max_length"])  # [batch, length_beam]
-        else:
-            lengths, length_logits = forced_lengths[:, None].expand(-1, length_beam), None
-        lengths = lengths.flatten()
-        context = model.model.make_context(
-            input_ids, attention_mask, encoder_hidden_states, precompute_cross_attention=True
-        ).repeat_rows(length_beam)
+        lengths, length_logits, context = self.plan_candidates(model, input_ids, attention_mask, length_beam,
+                                                               options["max_length"], forced_lengths)
         target_len = max(int(lengths.max()), 1)
         valid = torch.arange(target_len, device=lengths.device)[None, :] < lengths[:, None]  # [rows, target_len]
         decoder_input_ids = torch.full(valid.shape, config.mask_token_id, device=lengths.device).masked_fill(

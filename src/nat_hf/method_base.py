@@ -422,6 +422,22 @@ class LengthHeadMethod(NATMethod):
         )
         return lengths, length_logits
 
+    def plan_candidates(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, length_beam: int,
+                        max_length: int, forced_lengths: torch.Tensor | None = None) -> tuple:
+        """The encoder once, then one row per (sentence, length candidate): the lengths `[batch x length_beam]`
+        (`plan_lengths`, or `forced_lengths` `[batch]` repeated), the length logits (None when forced) and the
+        encoder context repeated per candidate (cross-attention keys precomputed once, shared)."""
+        encoder_hidden_states = model.model.encode(input_ids, attention_mask)
+        if forced_lengths is None:
+            lengths, length_logits = self.plan_lengths(model, input_ids, attention_mask, encoder_hidden_states,
+                                                       length_beam, max_length)  # [batch, length_beam]
+        else:
+            lengths, length_logits = forced_lengths[:, None].expand(-1, length_beam), None
+        context = model.model.make_context(
+            input_ids, attention_mask, encoder_hidden_states, precompute_cross_attention=True
+        ).repeat_rows(length_beam)
+        return lengths.flatten(), length_logits, context
+
     def timing_pass(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """One encoder pass, the length prediction, and one decoder pass with output projection on `<mask>`
         inputs of the predicted length; returns the argmax tokens."""

@@ -209,19 +209,12 @@ class CMLMMethod(LengthHeadMethod):
         """Length candidates -> Mask-Predict on each -> the best mean log-probability. The encoder runs once per
         batch; the candidates share its output and precomputed cross-attention keys."""
         length_beam = options["length_beam"]
-        encoder_hidden_states = model.model.encode(input_ids, attention_mask)
-        if forced_lengths is None:
-            lengths, length_logits = self.plan_lengths(model, input_ids, attention_mask, encoder_hidden_states,
-                                                       length_beam, options["max_length"])  # [batch, length_beam]
-        else:
-            lengths, length_logits = forced_lengths[:, None].expand(-1, length_beam), None
-        context = model.model.make_context(
-            input_ids, attention_mask, encoder_hidden_states, precompute_cross_attention=True
-        ).repeat_rows(length_beam)
+        lengths, length_logits, context = self.plan_candidates(model, input_ids, attention_mask, length_beam,
+                                                               options["max_length"], forced_lengths)
         strategy = DECODING_STRATEGIES[options["decoding_strategy"]]
         # the last pass's scores pick among length candidates and are returned with return_dict_in_generate
         final_scores = length_beam > 1 or options["return_dict_in_generate"]
-        state = strategy(model, context, lengths.flatten(), options["num_iterations"], final_scores)
+        state = strategy(model, context, lengths, options["num_iterations"], final_scores)
         if length_logits is not None:  # the one check on values: raises rather than return garbage
             check_finite({"length logits": length_logits, "token scores": state.scores})
         tokens, best_lengths, scores = best_candidates(state, length_beam)

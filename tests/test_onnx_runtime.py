@@ -88,6 +88,24 @@ def test_ctc_export_decodes_as_torch(tmp_path):
         onnx_model.generate(input_ids=SOURCES, num_iterations=2)
 
 
+def test_axe_export_decodes_as_torch_with_each_length_beam(tmp_path):
+    """AXE: a length head and one decoder pass over each planned length, the best candidate by score: the export's
+    output equals torch's for one and several length candidates."""
+    torch.manual_seed(0)
+    model = NATForConditionalGeneration(NATConfig(**objective_config_kwargs("axe")))
+    model.save_pretrained(tmp_path / "model")
+    report = export_onnx(tmp_path / "model", tmp_path / "onnx")
+    assert set(report["heads"]) == {"length_predictor"}
+    onnx_model = ORTNATForConditionalGeneration.from_pretrained(tmp_path / "onnx", threads=1)
+    attention_mask = (SOURCES != 0).long()
+    for length_beam in (1, 3):
+        expected = model.eval().generate(input_ids=SOURCES, attention_mask=attention_mask, length_beam=length_beam)
+        output = onnx_model.generate(input_ids=SOURCES, attention_mask=attention_mask, length_beam=length_beam)
+        assert torch.equal(output, expected), length_beam
+    with pytest.raises(ValueError, match="num_iterations"):
+        onnx_model.generate(input_ids=SOURCES, num_iterations=2)
+
+
 def test_an_export_translates_text_from_python_and_the_command_line(cmlm_export, capsys):
     directory, exported = cmlm_export
     sentences = ["three one two", "five four", "one"]

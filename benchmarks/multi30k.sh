@@ -135,9 +135,17 @@ case ${1:-} in
     # the same drafter on ONNX Runtime (fp32): drafting costs less, the output is the teacher's all the same
     [ -f runs/multi30k_cmlm_greedy_distill_arinit/onnx/onnx_export.json ] || \
       nat-hf export $drafter runs/multi30k_cmlm_greedy_distill_arinit/onnx > /dev/null
+    # the suffix-masked drafter (trained on prefix -> masked remainder, as drafting asks), torch and ONNX Runtime
+    suffix=runs/multi30k_cmlm_greedy_distill_arinit_suffix/best
+    suffix_systems=""
+    if [ -f $suffix/config.json ]; then
+      [ -f ${suffix%/best}/onnx/onnx_export.json ] || nat-hf export $suffix ${suffix%/best}/onnx > /dev/null
+      suffix_systems="--system spec-nat-suffix=$NAT_HF_TEACHER:drafter=$suffix,max_new_tokens=$AR_MAX \
+--system spec-nat-suffix-onnx=$NAT_HF_TEACHER:drafter=${suffix%/best}/onnx,max_new_tokens=$AR_MAX"
+    fi
     systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
 --system spec-nat=$NAT_HF_TEACHER:drafter=$drafter,max_new_tokens=$AR_MAX \
---system spec-nat-onnx=$NAT_HF_TEACHER:drafter=${drafter%/best}/onnx,max_new_tokens=$AR_MAX \
+--system spec-nat-onnx=$NAT_HF_TEACHER:drafter=${drafter%/best}/onnx,max_new_tokens=$AR_MAX $suffix_systems \
 --system assisted-ar=$NAT_HF_TEACHER:assistant=runs/multi30k_ar_shallow_draft/best,max_new_tokens=$AR_MAX \
 --system ct2-greedy=$NAT_HF_TEACHER:backend=ctranslate2,beam_size=1,max_decoding_length=$AR_MAX \
 --system drafter-1pass=$drafter:num_iterations=1,length_beam=1"

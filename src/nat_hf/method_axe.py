@@ -39,7 +39,7 @@ from .method_base import (
     LengthHeadMethod,
     best_candidates,
     check_finite,
-    check_integer,
+    check_length_beam,
     left_pack,
     predict_tokens,
     special_token_ids,
@@ -123,10 +123,7 @@ class AXEOptions:
                                                           "model's)"})
 
     def validate(self, config) -> None:
-        self.length_beam = check_integer("length_beam", self.length_beam, 1)
-        if self.length_beam > config.num_length_classes:
-            raise ValueError(f"length_beam={self.length_beam} exceeds the number of length classes "
-                             f"({config.num_length_classes})")
+        self.length_beam = check_length_beam(self.length_beam, config)
 
 
 @dataclass

@@ -48,6 +48,15 @@ def check_integer(name: str, value, minimum: int) -> int:
     return number
 
 
+def check_length_beam(value, config) -> int:
+    """`length_beam` as an int between 1 and the model's number of length classes, or ValueError naming it."""
+    length_beam = check_integer("length_beam", value, 1)
+    if length_beam > config.num_length_classes:
+        raise ValueError(f"length_beam={length_beam} exceeds the number of length classes "
+                         f"({config.num_length_classes})")
+    return length_beam
+
+
 class NonFiniteScoresError(FloatingPointError):
     """Decoding met NaN or infinite logits: the translations would be garbage (typically NaN weights from a
     diverged training run, or a float16 overflow)."""

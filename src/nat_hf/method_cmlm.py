@@ -18,6 +18,7 @@ from .method_base import (
     best_candidates,
     check_finite,
     check_integer,
+    check_length_beam,
     lowest_scoring_positions,
     masked_token_loss,
     predict_tokens,
@@ -36,11 +37,8 @@ class MaskPredictOptions:
 
     def validate(self, config) -> None:
         """ValueError naming the option when it is malformed or does not suit a model of `config`."""
-        for name in ("num_iterations", "length_beam"):
-            setattr(self, name, check_integer(name, getattr(self, name), 1))
-        if self.length_beam > config.num_length_classes:
-            raise ValueError(f"length_beam={self.length_beam} exceeds the number of length classes "
-                             f"({config.num_length_classes})")
+        self.num_iterations = check_integer("num_iterations", self.num_iterations, 1)
+        self.length_beam = check_length_beam(self.length_beam, config)
         if not isinstance(self.decoding_strategy, str) or self.decoding_strategy not in DECODING_STRATEGIES:
             raise ValueError(f"decoding_strategy must be one of {sorted(DECODING_STRATEGIES)}, "
                              f"got {self.decoding_strategy!r}")

@@ -163,6 +163,8 @@ case ${1:-} in
       --command "$command" --gap-to ar-greedy
     ;;
   singlepass)
+    # every single-pass method beside Mask-Predict and the AR teacher; the DAG with its default decodings and with
+    # the ones dag-decoding picked on val (lookahead weight 2.0, Viterbi length exponent 1.25); ratios 2/4/8
     systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
 --system ar-beam4=$NAT_HF_TEACHER:num_beams=4,max_new_tokens=$AR_MAX \
 --system mp-1pass=runs/multi30k_cmlm_distill_arinit/best:num_iterations=1,length_beam=1 \
@@ -174,6 +176,8 @@ case ${1:-} in
 --system dag-glat-greedy=runs/multi30k_dag_glat/best:decoding_strategy=greedy \
 --system dag-glat-lookahead=runs/multi30k_dag_glat/best:decoding_strategy=lookahead \
 --system dag-glat-viterbi=runs/multi30k_dag_glat/best:decoding_strategy=viterbi \
+--system dag-glat-lookahead-w2.0=runs/multi30k_dag_glat/best:decoding_strategy=lookahead,lookahead_weight=2.0 \
+--system dag-glat-viterbi-e1.25=runs/multi30k_dag_glat/best:decoding_strategy=viterbi,viterbi_length_exponent=1.25 \
 --system dag-glat-r2-lookahead=runs/multi30k_dag_glat_r2/best:decoding_strategy=lookahead \
 --system dag-glat-r8-lookahead=runs/multi30k_dag_glat_r8/best:decoding_strategy=lookahead"
     command="nat-hf bench speed $systems --source $TEST.en --sentences 256 --batch-sizes 1,64 --repeats 3 \

@@ -280,13 +280,15 @@ case ${1:-} in
 --system nat-$name-int8=$nat:int8=1,$options --system nat-$name-ort=$onnx:$options \
 --system nat-$name-ort-int8=$onnx:int8=1,$options"
     done
-    # the single-pass model closest to AR quality (DAG+GLAT, ratio 4, lookahead): torch eager and ONNX Runtime
+    # the single-pass model closest to AR quality (DAG+GLAT, ratio 4, lookahead with the weight dag-decoding picked
+    # on val): torch eager and ONNX Runtime
     dag=runs/multi30k_dag_glat/best
     if [ -f "$dag/config.json" ]; then
       export_int8 "$dag"
-      speed_systems="$speed_systems --system dag-lookahead-eager=$dag:decoding_strategy=lookahead \
---system dag-lookahead-ort=${dag%/best}/onnx_int8:decoding_strategy=lookahead \
---system dag-lookahead-ort-int8=${dag%/best}/onnx_int8:int8=1,decoding_strategy=lookahead"
+      lookahead=decoding_strategy=lookahead,lookahead_weight=2.0
+      speed_systems="$speed_systems --system dag-lookahead-eager=$dag:$lookahead \
+--system dag-lookahead-ort=${dag%/best}/onnx_int8:$lookahead \
+--system dag-lookahead-ort-int8=${dag%/best}/onnx_int8:int8=1,$lookahead"
     fi
     for threads in 1 2; do
       command="nat-hf bench speed $speed_systems --source $TEST.en --sentences 256 --batch-sizes 1,64,256 \

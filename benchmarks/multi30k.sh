@@ -140,8 +140,11 @@ case ${1:-} in
     suffix_systems=""
     if [ -f $suffix/config.json ]; then
       [ -f ${suffix%/best}/onnx/onnx_export.json ] || nat-hf export $suffix ${suffix%/best}/onnx > /dev/null
+      # and its block size (at most 4 drafted tokens a round) and a refinement pass per draft
       suffix_systems="--system spec-nat-suffix=$NAT_HF_TEACHER:drafter=$suffix,max_new_tokens=$AR_MAX \
---system spec-nat-suffix-onnx=$NAT_HF_TEACHER:drafter=${suffix%/best}/onnx,max_new_tokens=$AR_MAX"
+--system spec-nat-suffix-onnx=$NAT_HF_TEACHER:drafter=${suffix%/best}/onnx,max_new_tokens=$AR_MAX \
+--system spec-nat-suffix-onnx-block4=$NAT_HF_TEACHER:drafter=${suffix%/best}/onnx,draft_size=4,max_new_tokens=$AR_MAX \
+--system spec-nat-suffix-onnx-iter2=$NAT_HF_TEACHER:drafter=${suffix%/best}/onnx,draft_iterations=2,max_new_tokens=$AR_MAX"
     fi
     systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
 --system spec-nat=$NAT_HF_TEACHER:drafter=$drafter,max_new_tokens=$AR_MAX \

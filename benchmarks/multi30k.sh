@@ -47,9 +47,11 @@ train_resumable() {  # CONFIG: train and record it, unless recorded earlier; a k
   [ -f "runs/$1/results.json" ] && return 0
   local resume=""
   [ -f "runs/$1/train_config.yaml" ] && resume="--resume"
-  nat-hf train "training/configs/$1.yaml" $resume
+  # TRAIN_OVERRIDES: section.key=value words for every run (e.g. run.threads=1 run.checkpoint_every=50 to train
+  # two configs side by side, one core each), kept in the recorded command
+  nat-hf train "training/configs/$1.yaml" ${TRAIN_OVERRIDES:-} $resume
   python benchmarks/results.py record "runs/$1" --name "$1" \
-    --command "NAT_HF_DATA_DIR=$NAT_HF_DATA_DIR NAT_HF_TEACHER=$NAT_HF_TEACHER nat-hf train training/configs/$1.yaml"
+    --command "NAT_HF_DATA_DIR=$NAT_HF_DATA_DIR NAT_HF_TEACHER=$NAT_HF_TEACHER nat-hf train training/configs/$1.yaml${TRAIN_OVERRIDES:+ $TRAIN_OVERRIDES}"
 }
 
 nat_systems() {  # one-pass and Mask-Predict 2/4/10 iterations x length beam 1/3/5

@@ -182,6 +182,9 @@ class RunArgs:
     output_dir: str = "runs/nat"
     log_every: int = 50
     threads: int | None = None  # torch CPU threads per process; None keeps torch's default
+    # optimiser steps between saves of the training state (for --resume) without an evaluation; None: only at
+    # evaluations (eval.eval_every). Lets a slow run lose few updates when killed without evaluating more often.
+    checkpoint_every: int | None = None
 
 
 @dataclass
@@ -202,6 +205,7 @@ class TrainConfig:
 # best checkpoint is chosen (the run directory itself may be renamed, moved or spelt differently; the test splits
 # and the final decoding only concern the final evaluation).
 RESUMABLE_CHANGES = {("optim", "max_steps"), ("optim", "max_minutes"), ("run", "log_every"), ("run", "threads"),
+                     ("run", "checkpoint_every"),
                      ("run", "output_dir"), ("eval", "batch_size"), ("data", "test_splits"),
                      ("eval", "final_decoding")}
 # A YAML 1.1 float without a dot (`5e-4`, `1E3`) is read as a string; these are accepted where a float is expected.
@@ -341,6 +345,8 @@ def validate_config(config: TrainConfig) -> None:
         (config.optim.scheduler in schedulers, f"optim.scheduler must be one of {schedulers}"),
         (config.optim.mixed_precision in ("no", "fp16", "bf16"), "optim.mixed_precision must be no, fp16 or bf16"),
         (config.eval.eval_every >= 1, "eval.eval_every must be >= 1"),
+        (config.run.checkpoint_every is None or config.run.checkpoint_every >= 1,
+         "run.checkpoint_every must be >= 1 (or null: checkpoints only at evaluations)"),
         (config.eval.max_sentences is None or config.eval.max_sentences >= 1, "eval.max_sentences must be >= 1"),
         (config.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (config.eval.average_last == 0 or config.eval.average_last >= 2,
@@ -1288,6 +1294,8 @@ def run_training(config: TrainConfig, output_dir: Path, splits: dict, checkpoint
                 save_training_state()
                 if new_best:
                     save_best()
+            elif config.run.checkpoint_every and state["step"] % config.run.checkpoint_every == 0:
+                save_training_state()
             if done:
                 break
         else:

@@ -94,6 +94,24 @@ def test_killed_run_resumes_to_the_same_loss(tmp_path, toy_corpus):
     assert abs(loss[uninterrupted] - loss[killed]) < 1e-4
 
 
+def test_checkpoint_every_saves_between_evaluations_and_resumes_from_there(tmp_path, toy_corpus):
+    """run.checkpoint_every=3 with evaluations every 200 steps: a run killed early resumes from step 3 (no
+    evaluation before it), and the resumed run evaluates only at its end."""
+    extra = ("optim.max_steps=200", "eval.eval_every=200", "run.checkpoint_every=3", "run.log_every=1",
+             "data.test_splits=[]")
+    output_dir = tmp_path / "run"
+    state = kill_training_after_first_checkpoint(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra),
+                                                 output_dir)
+    assert state["step"] == 3
+    assert not [record for record in read_log(output_dir) if record["event"] == "eval"]
+    summary = train(load_config(TINY_CONFIG, tiny_overrides(toy_corpus, output_dir, *extra[1:], "optim.max_steps=8")),
+                    resume=True)
+    assert summary["steps"] == 8
+    log = read_log(output_dir)
+    assert [record["step"] for record in log if record["event"] == "resume"] == [3]
+    assert [record["step"] for record in log if record["event"] == "eval"] == [8]
+
+
 def test_two_processes_train_data_parallel(tmp_path, toy_corpus):
     output_dir = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -120,6 +138,7 @@ def test_two_processes_train_data_parallel(tmp_path, toy_corpus):
         ({"optim": {"betas": 0.9}}, "optim.betas must be a list"),
         ({"eval": {"decoding": {"length_beam": 0}}}, "eval.decoding.length_beam: length_beam must be an integer"),
         ({"eval": {"decoding": [1]}}, "eval.decoding must be a mapping"),
+        ({"run": {"checkpoint_every": 0}}, "run.checkpoint_every must be >= 1"),
     ],
 )
 def test_bad_config_values_are_rejected(values, message):

@@ -54,6 +54,15 @@ train_resumable() {  # CONFIG: train and record it, unless recorded earlier; a k
     --command "NAT_HF_DATA_DIR=$NAT_HF_DATA_DIR NAT_HF_TEACHER=$NAT_HF_TEACHER nat-hf train training/configs/$1.yaml${TRAIN_OVERRIDES:+ $TRAIN_OVERRIDES}"
 }
 
+dag_card() {  # the DA-Transformer's model card: its decodings on torch and ONNX Runtime beside CTranslate2 and AR
+  nat-hf card runs/multi30k_dag_glat/best --repo-id nat-hf/multi30k-en-de-dag-glat \
+    --speed runs/bench/runtime_speed_2thread.json --quality runs/bench/runtime_quality.json \
+    --systems ar-greedy,ct2-int8-greedy,dag-lookahead-eager,dag-lookahead-ort,dag-lookahead-ort-int8,\
+dag-greedy-eager,dag-greedy-ort-int8,dag-viterbi-eager,dag-viterbi-ort-int8 \
+    --copy-to model_cards/multi30k-en-de-dag-glat.md --distilled-by "$NAT_HF_TEACHER" --distill-beams 4 \
+    --teacher-name ar-teacher-multi30k-en-de --teacher-data bentrevett/multi30k
+}
+
 nat_systems() {  # one-pass and Mask-Predict 2/4/10 iterations x length beam 1/3/5
   echo "--system nat-1pass=$NAT:num_iterations=1,length_beam=1"
   for iterations in 2 4 10; do
@@ -324,6 +333,7 @@ case ${1:-} in
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/runtime_quality.json --name runtime-quality \
       --command "$command" --gap-to ct2-int8-greedy --gap-to nat-1pass-eager
+    [ -f "$dag/config.json" ] && dag_card
     ;;
   *)
     echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass|speculative-train|speculative|\

@@ -70,6 +70,16 @@ def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpu
     # the NAT model has 32 positions, the AR model 64: only the NAT systems are timed with extended tables
     assert results["length_cost"]["positions_extended_to"] == {"nat-1pass": 40, "nat-mp4": 40}
 
+    # a model card shows the chosen systems and the baselines the speed-ups refer to; an unknown label is an error
+    from nat_hf.hub import write_card
+
+    card = write_card(tmp_path / "nat", speed_path=output, systems=["nat-mp4"]).text
+    shown = {label for label, entry in results["systems"].items()
+             if f"| {label} | {entry['latency_ms']['median']} |" in card}
+    assert shown == {"nat-mp4", "ar-greedy", "ct2"}
+    with pytest.raises(ValueError, match=r"--systems names \['nat-2pass'\]"):
+        write_card(tmp_path / "nat", speed_path=output, systems=["nat-1pass", "nat-2pass"])
+
 
 def test_length_cost_extends_short_position_tables_for_timing_only(tmp_path, tiny_systems):
     from nat_hf.bench import System, Translator, benchmark_length_cost

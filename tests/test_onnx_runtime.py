@@ -173,6 +173,17 @@ def test_bench_times_an_export_as_a_system(cmlm_export, tmp_path, toy_corpus):
     assert systems["onnx"]["same_output_as"]["torch"] == 1.0 and "raw_forward_ms" not in systems["onnx"]
     assert systems["torch-int8"]["model_class"] == "NATForConditionalGeneration (int8)"
 
+    # the model card names an export of the model as this model on ONNX Runtime, not as another model
+    from nat_hf.hub import export_source, write_card
+    from nat_hf.quality import main as quality_main
+
+    assert export_source(str(exported)) == str(directory) and export_source(str(directory)) is None
+    quality_main(["--system", f"torch={directory}:num_iterations=1,length_beam=1",
+                  "--system", f"onnx={exported}:num_iterations=1,length_beam=1", "--data-dir", str(toy_corpus),
+                  "--splits", "val", "--threads", "1", "--output", str(tmp_path / "quality.json")])
+    card = write_card(directory, quality_path=tmp_path / "quality.json").text
+    assert "| this model (torch) | val |" in card and "| this model on ONNX Runtime (onnx) | val |" in card
+
     # compile=1 compiles a torch model's stacks (lazily: the bench's warm-up pays for it), not an export
     from nat_hf.bench import System, Translator
 

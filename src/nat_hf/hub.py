@@ -123,6 +123,13 @@ def same_model(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and (a == b or same_path(a, b))
 
 
+def export_source(reference: str) -> str | None:
+    """The model an ONNX export directory (`nat-hf export`) was made from, as its `onnx_export.json` records it
+    (relative to the working directory of the export); None for anything else."""
+    record = Path(reference) / "onnx_export.json"
+    return json.loads(record.read_text()).get("source") if record.is_file() else None
+
+
 def count_parameters(model_dir: Path) -> int | None:
     weights_file = Path(model_dir) / "model.safetensors"
     if not weights_file.is_file():
@@ -379,6 +386,8 @@ def quality_rows(results: dict | None, quality: dict | None, model_dir: Path, in
             reference = entry["model"]
             if same_path(reference, model_dir):
                 name = f"this model ({label})"
+            elif same_path(export_source(reference), model_dir):
+                name = f"this model on ONNX Runtime ({label})"
             elif any(same_model(reference, known) for known in roles or {}):
                 name = f"{label} ({next(role for known, role in roles.items() if same_model(reference, known))})"
             elif not is_local_path(reference):
@@ -560,15 +569,36 @@ def local_path_leaks(text: str, paths: list[str | Path | None]) -> list[str]:
     return leaks
 
 
+def select_systems(speed: dict | None, quality: dict | None, labels: list[str]) -> tuple[dict | None, dict | None]:
+    """The two bench JSONs with only the systems named in `labels` (the speed JSON also keeps its baselines).
+    Raises ValueError naming any label that neither JSON has."""
+    known = set((speed or {}).get("systems", {})) | set((quality or {}).get("systems", {}))
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise ValueError(f"--systems names {unknown}, which the speed and quality JSONs do not have (they have "
+                         f"{sorted(known)})")
+
+    def keep(report: dict | None, extra: list[str]) -> dict | None:
+        if report is None:
+            return None
+        wanted = set(labels) | set(extra)
+        return {**report, "systems": {label: entry for label, entry in report["systems"].items() if label in wanted}}
+
+    return keep(speed, (speed or {}).get("baselines", [])), keep(quality, [])
+
+
 def write_card(model_dir: Path, repo_id: str | None = None, results_path: Path | None = None,
                speed_path: Path | None = None, quality_path: Path | None = None, license: str = "apache-2.0",
                copy_to: Path | None = None, data_name: str | None = None, distilled_by: str | None = None,
-               distill_beams: int | None = None, teacher_name: str | None = None, teacher_data: str | None = None):
+               distill_beams: int | None = None, teacher_name: str | None = None, teacher_data: str | None = None,
+               systems: list[str] | None = None):
     """Write `model_dir/README.md` (and the same card to `copy_to`, e.g. under `model_cards/`); return the
     `ModelCard`. `data_name` names the training data publicly when `DATASETS` does not recognise it;
     `distilled_by`/`distill_beams` say the targets are a teacher's beam-search outputs when the data directory has
     no `distill_report.json`; `teacher_name`/`teacher_data` name the teacher and its data when its directory does
-    not say. Raises ValueError if a local path would reach the card."""
+    not say; `systems` keeps only those labels of the speed and quality JSONs (and the speed JSON's baselines, which
+    its speed-ups refer to). Raises ValueError if a local path would reach the card, or for a label in neither
+    JSON."""
     from huggingface_hub import ModelCard, ModelCardData
 
     check_public_name(data_name, "--data-name")
@@ -582,6 +612,8 @@ def write_card(model_dir: Path, repo_id: str | None = None, results_path: Path |
     if results_path is None and (model_dir.parent / "results.json").is_file():
         results_path = model_dir.parent / "results.json"
     results, speed, quality = load_json(results_path), load_json(speed_path), load_json(quality_path)
+    if systems is not None:
+        speed, quality = select_systems(speed, quality, systems)
     data = (train_config or {}).get("data", {})
     model_section = (train_config or {}).get("model", {})
     source_lang, target_lang = data.get("source_lang", "en"), data.get("target_lang", "de")
@@ -687,12 +719,15 @@ def main_card(argv: list[str] | None = None) -> None:
                                                "its Hub id, or only its description for a local directory)")
     parser.add_argument("--teacher-data", help="the teacher's training data (Hub dataset id), when its directory "
                                                "has no train_config.yaml saying it")
+    parser.add_argument("--systems", help="comma-separated labels of the speed/quality JSONs to show (default: "
+                                          "all); the speed JSON's baselines are always kept")
     args = parser.parse_args(argv)
     if not (args.model_dir / "config.json").is_file():
         parser.error(f"{args.model_dir} is not a saved model directory (no config.json)")
     try:
         write_card(args.model_dir, args.repo_id, args.results, args.speed, args.quality, args.license, args.copy_to,
-                   args.data_name, args.distilled_by, args.distill_beams, args.teacher_name, args.teacher_data)
+                   args.data_name, args.distilled_by, args.distill_beams, args.teacher_name, args.teacher_data,
+                   args.systems.split(",") if args.systems else None)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     print(args.model_dir / "README.md")

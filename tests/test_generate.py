@@ -149,6 +149,19 @@ def test_bad_options_raise_before_any_computation(tiny_model, source_batch, kwar
     assert encoder_calls[0] == 0
 
 
+@pytest.mark.parametrize("objective", ["cmlm", "ctc", "dag"])
+def test_autoregressive_options_are_refused_naming_the_methods_own(objective):
+    from nat_hf import NATConfig, NATForConditionalGeneration
+
+    from .test_remote_code import objective_config_kwargs
+
+    model = NATForConditionalGeneration(NATConfig(**objective_config_kwargs(objective))).eval()
+    own = str(sorted(model.nat_method.option_defaults())).replace("[", r"\[").replace("]", r"\]")
+    for kwargs in ({"do_sample": True}, {"num_beams": 4}):
+        with pytest.raises(ValueError, match=f"method '{objective}' takes {own}"):
+            model._generation_options(None, kwargs)
+
+
 def test_generation_options_resolves_the_given_options(tiny_model):
     """What callers that validate up front (translate_texts, the pipeline) get back; they pass a copy, since the
     call pops what it reads (tests/test_inference.py checks that the caller's dict stays untouched)."""

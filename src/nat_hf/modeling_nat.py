@@ -930,12 +930,13 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
         if do_sample is not None and not isinstance(do_sample, bool):
             raise ValueError(f"do_sample must be a bool, got {do_sample!r}")
         if do_sample:
-            raise ValueError("do_sample=True is an autoregressive option: NAT decoding is deterministic "
-                             "(use num_iterations and length_beam)")
+            raise ValueError(f"do_sample=True is an autoregressive option: NAT decoding is deterministic (method "
+                             f"{method.name!r} takes {sorted(method.option_defaults())})")
         if num_beams is not None:
             if check_integer("num_beams", num_beams, 1) > 1:
-                raise ValueError(f"num_beams={num_beams} is beam search, an autoregressive option: NAT decoding "
-                                 "searches over lengths instead (use length_beam)")
+                raise ValueError(f"num_beams={num_beams} is beam search, an autoregressive option: NAT decoding does "
+                                 f"not search token by token (method {method.name!r} takes "
+                                 f"{sorted(method.option_defaults())})")
         method.check_options(self.config, options)
         max_length = self.config.max_target_positions
         max_new_tokens = kwargs.pop("max_new_tokens", generation_config.max_new_tokens)

@@ -133,6 +133,8 @@ def load(args: argparse.Namespace):
 
     from nat_hf.inference import ModelNotFoundError, load_translator
 
+    if args.threads is not None and args.threads < 1:
+        fail(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

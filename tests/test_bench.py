@@ -81,6 +81,22 @@ def test_speed_benchmark_runs_on_tiny_models_and_writes_json(tmp_path, toy_corpu
         write_card(tmp_path / "nat", speed_path=output, systems=["nat-1pass", "nat-2pass"])
 
 
+@pytest.mark.parametrize("threads", ["0", "-1", "two"])
+def test_a_bad_thread_count_is_a_usage_error_in_every_command(threads, capsys):
+    from nat_hf.demo import main as demo_main
+    from nat_hf.distill import main as distill_main
+    from nat_hf.quality import main as quality_main
+
+    for command in (lambda: main(["--system", "x=y", "--source", "s", "--threads", threads]),
+                    lambda: quality_main(["--system", "x=y", "--data-dir", "d", "--threads", threads]),
+                    lambda: distill_main(["teacher", "--data-dir", "d", "--output-dir", "o", "--threads", threads]),
+                    lambda: demo_main(["--threads", threads])):
+        with pytest.raises(SystemExit) as stop:
+            command()
+        assert stop.value.code == 2
+        assert "argument --threads: expected an integer >= 1, got" in capsys.readouterr().err
+
+
 def test_length_cost_extends_short_position_tables_for_timing_only(tmp_path, tiny_systems):
     from nat_hf.bench import System, Translator, benchmark_length_cost
 

@@ -116,6 +116,8 @@ def test_missing_model_or_tokenizer_is_one_clear_error(command, toy_model, tmp_p
     (["--num-beams", "4"], "num_beams"),
     (["--length-beam", "0"], "length_beam"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--threads", "-2"], "--threads must be >= 1, got -2"),
 ])
 def test_bad_options_exit_2_before_reading_input(toy_model, capsys, monkeypatch, options, message):
     stdin = io.StringIO("one\n")

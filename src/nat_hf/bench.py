@@ -34,6 +34,7 @@ from .inference import (
     check_generate_kwargs,
     load_translator,
     output_limit,
+    thread_count,
     typed_decoding_options,
     with_output_length_cap,
 )
@@ -405,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sentences", type=int, default=100, help="how many of them (>= 100 for the latency)")
     parser.add_argument("--batch-sizes", default="1,64", help="comma-separated throughput batch sizes")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, required=True, help="torch CPU threads (state it: no default)")
+    parser.add_argument("--threads", type=thread_count, required=True, help="torch CPU threads (state it: no default)")
     parser.add_argument("--baseline", action="append", default=[],
                         help="label of a system the speed-ups are against; repeat for several")
     parser.add_argument("--output", type=Path, help="write the JSON here (it is printed too)")

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from . import NATConfig, NATForConditionalGeneration
+from .inference import thread_count
 from .tokenization import config_kwargs_from_tokenizer, train_tokenizer
 from .toy import ToyPair, train_toy_model
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, default=Path("demo-model"))
     parser.add_argument("--steps", type=int, default=800, help="training steps (batch of 64 sentences)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .data import DataError, read_lines, read_parallel_text
-from .inference import translate_texts
+from .inference import thread_count, translate_texts
 
 
 class DistillError(ValueError):
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=1000, help="sentences per resumable shard")
     parser.add_argument("--bleu-split", help="also score the teacher on this split against its references")
-    parser.add_argument("--threads", type=int)
+    parser.add_argument("--threads", type=thread_count)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.threads:

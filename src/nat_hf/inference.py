@@ -32,6 +32,20 @@ def is_hub_repo_id(name: str) -> bool:
     return True
 
 
+def thread_count(text: str) -> int:
+    """argparse type of every command's `--threads`: an integer >= 1 (torch and ONNX Runtime refuse 0 or less,
+    the first with a traceback)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def check_model_directory(path: Path) -> None:
     """Raise `ModelNotFoundError` naming what is missing when `path` is not a saved model with its tokenizer,
     before transformers fails deep inside its Hub code with a message about repo ids."""

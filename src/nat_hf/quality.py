@@ -21,7 +21,7 @@ import torch
 
 from .bench import System, Translator, machine, parse_system
 from .data import read_parallel_text
-from .inference import translate_texts
+from .inference import thread_count, translate_texts
 
 LENGTH_BUCKETS = ((1, 10), (11, 20), (21, 30), (31, 10_000))
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--source-lang", default="en")
     parser.add_argument("--target-lang", default="de")
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--threads", type=thread_count, required=True)
     parser.add_argument("--baseline", action="append", default=[],
                         help="a system label: count each system's hypotheses identical to its (repeatable)")
     parser.add_argument("--output", type=Path, help="write the JSON here (hypotheses included)")

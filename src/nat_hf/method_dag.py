@@ -377,7 +377,9 @@ def dag_walk(vertex_scores: torch.Tensor, vertex_tokens: torch.Tensor, link_logp
     ``vertex_scores [B, L]`` (log-prob of the best allowed token of each vertex), ``vertex_tokens [B, L]`` (that
     token), ``link_logprobs [B, L, L]``, ``vertex_lengths [B]``. From vertex 0 the next vertex maximises
     ``link[u, v]`` (greedy) or ``link[u, v] + lookahead_weight * vertex_scores[v]`` (lookahead) until the row's last
-    vertex; ``scores`` is the path's summed link + token log-prob."""
+    vertex; ``scores`` is the path's summed link + token log-prob. The choice at a vertex does not depend on how the
+    walk got there, so every vertex's successor is found at once (one max over ``[B, L, L]``) and the walk only
+    follows successors."""
     vertex_lengths = _check_best_inputs(vertex_scores, link_logprobs, vertex_lengths)
     _check_vertex_tokens(vertex_scores, vertex_tokens)
     batch, count = vertex_scores.shape
@@ -385,29 +387,22 @@ def dag_walk(vertex_scores: torch.Tensor, vertex_tokens: torch.Tensor, link_logp
     token_scores = vertex_scores.to(dtype)
     links = _masked_links(link_logprobs, vertex_lengths, dtype)
     choice = links if lookahead_weight is None else links + float(lookahead_weight) * token_scores[:, None, :]
-    device = vertex_scores.device
-    rows = torch.arange(batch, device=device)
     last = vertex_lengths - 1
-    current = torch.zeros(batch, dtype=torch.long, device=device)
-    path = torch.full((batch, count), -1, dtype=torch.long, device=device)
+    best_value, successor = choice.max(dim=-1)  # [B, L]
+    # no finite successor (links all -inf): jump to the last vertex so the walk always ends there
+    successor = torch.where(torch.isneginf(best_value), last[:, None], successor)
+    current = torch.zeros(batch, dtype=torch.long, device=vertex_scores.device)
+    path = torch.full((batch, count), -1, dtype=torch.long, device=vertex_scores.device)
     path[:, 0] = 0
-    lengths = torch.ones(batch, dtype=torch.long, device=device)
-    scores = token_scores[:, 0].clone()
+    lengths = torch.ones(batch, dtype=torch.long, device=vertex_scores.device)
     for step in range(1, count):
         active = current != last
         if not bool(active.any()):
             break
-        row_choice = choice[rows, current]  # [B, L]
-        best_value, best_vertex = row_choice.max(dim=-1)
-        # no finite successor (links all -inf): jump to the last vertex so the walk always ends there
-        best_vertex = torch.where(torch.isneginf(best_value), last, best_vertex)
-        nxt = torch.where(active, best_vertex, current)
-        gained = links[rows, current, nxt] + token_scores[rows, nxt]
-        scores = torch.where(active, scores + gained, scores)
-        path[:, step] = torch.where(active, nxt, path[:, step])
+        current = torch.where(active, successor.gather(1, current[:, None]).squeeze(1), current)
+        path[:, step] = torch.where(active, current, -1)
         lengths = lengths + active.long()
-        current = nxt
-    return _collect(path, vertex_tokens, lengths, scores, pad_token_id)
+    return _collect(path, vertex_tokens, lengths, path_log_probability(token_scores, links, path), pad_token_id)
 
 
 def dag_greedy(token_logprobs: torch.Tensor, link_logprobs: torch.Tensor, vertex_lengths: torch.Tensor,

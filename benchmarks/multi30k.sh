@@ -54,6 +54,10 @@ train_resumable() {  # CONFIG: train and record it, unless recorded earlier; a k
     --command "NAT_HF_DATA_DIR=$NAT_HF_DATA_DIR NAT_HF_TEACHER=$NAT_HF_TEACHER nat-hf train training/configs/$1.yaml${TRAIN_OVERRIDES:+ $TRAIN_OVERRIDES}"
 }
 
+export_int8() {  # MODEL_DIR -> its fp32 + int8 export beside it
+  [ -f "${1%/best}/onnx_int8/onnx_export.json" ] || nat-hf export "$1" "${1%/best}/onnx_int8" --int8 > /dev/null
+}
+
 dag_card() {  # the DA-Transformer's model card: its decodings on torch and ONNX Runtime beside CTranslate2 and AR
   nat-hf card runs/multi30k_dag_glat/best --repo-id nat-hf/multi30k-en-de-dag-glat \
     --speed runs/bench/runtime_speed_2thread.json --quality runs/bench/runtime_quality.json \
@@ -178,9 +182,15 @@ case ${1:-} in
     ;;
   singlepass)
     # every single-pass method beside Mask-Predict and the AR teacher; the DAG with its default decodings and with
-    # the ones dag-decoding picked on val (lookahead weight 2.0, Viterbi length exponent 1.25); ratios 2/4/8
+    # the ones dag-decoding picked on val (lookahead weight 2.0, Viterbi length exponent 1.25; picked for ratio 4,
+    # applied to ratios 2 and 8 as well); ratios 2/4/8. Then the fastest runtime of each one-pass decoder (ONNX
+    # Runtime int8) against the fastest AR runtime (CTranslate2 int8 greedy), for the quality/speed frontier.
+    for run in multi30k_ctc_glat multi30k_dag_glat multi30k_dag_glat_r2 multi30k_dag_glat_r8; do
+      export_int8 runs/$run/best
+    done
     systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
 --system ar-beam4=$NAT_HF_TEACHER:num_beams=4,max_new_tokens=$AR_MAX \
+--system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1,max_decoding_length=$AR_MAX \
 --system mp-1pass=runs/multi30k_cmlm_distill_arinit/best:num_iterations=1,length_beam=1 \
 --system mp4-lb5=runs/multi30k_cmlm_distill_arinit/best:num_iterations=4,length_beam=5 \
 --system glat-1pass=runs/multi30k_glat/best:num_iterations=1,length_beam=1 \
@@ -193,9 +203,18 @@ case ${1:-} in
 --system dag-glat-lookahead-w2.0=runs/multi30k_dag_glat/best:decoding_strategy=lookahead,lookahead_weight=2.0 \
 --system dag-glat-viterbi-e1.25=runs/multi30k_dag_glat/best:decoding_strategy=viterbi,viterbi_length_exponent=1.25 \
 --system dag-glat-r2-lookahead=runs/multi30k_dag_glat_r2/best:decoding_strategy=lookahead \
---system dag-glat-r8-lookahead=runs/multi30k_dag_glat_r8/best:decoding_strategy=lookahead"
+--system dag-glat-r2-lookahead-w2.0=runs/multi30k_dag_glat_r2/best:decoding_strategy=lookahead,lookahead_weight=2.0 \
+--system dag-glat-r8-lookahead=runs/multi30k_dag_glat_r8/best:decoding_strategy=lookahead \
+--system dag-glat-r8-lookahead-w2.0=runs/multi30k_dag_glat_r8/best:decoding_strategy=lookahead,lookahead_weight=2.0 \
+--system ctc-glat-ort-int8=runs/multi30k_ctc_glat/onnx_int8:int8=1,decoding_strategy=greedy \
+--system dag-glat-r2-lookahead-w2.0-ort-int8=runs/multi30k_dag_glat_r2/onnx_int8:int8=1,decoding_strategy=lookahead,\
+lookahead_weight=2.0 \
+--system dag-glat-lookahead-w2.0-ort-int8=runs/multi30k_dag_glat/onnx_int8:int8=1,decoding_strategy=lookahead,\
+lookahead_weight=2.0 \
+--system dag-glat-r8-lookahead-w2.0-ort-int8=runs/multi30k_dag_glat_r8/onnx_int8:int8=1,decoding_strategy=lookahead,\
+lookahead_weight=2.0"
     command="nat-hf bench speed $systems --source $TEST.en --sentences 256 --batch-sizes 1,64 --repeats 3 \
---threads $THREADS --baseline ar-greedy --output runs/bench/singlepass_speed.json"
+--threads $THREADS --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/singlepass_speed.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/singlepass_speed.json --name singlepass-speed \
       --command "$command"
@@ -281,9 +300,6 @@ case ${1:-} in
     # every trained method
     # the Mask-Predict model of the Multi30k comparisons (singlepass-train trains it): one pass and Mask-Predict
     nat=${RUNTIME_NAT:-runs/multi30k_cmlm_distill_arinit/best}
-    export_int8() {  # MODEL_DIR -> its fp32 + int8 export beside it
-      [ -f "${1%/best}/onnx_int8/onnx_export.json" ] || nat-hf export "$1" "${1%/best}/onnx_int8" --int8 > /dev/null
-    }
     export_int8 "$nat"
     onnx=${nat%/best}/onnx_int8
     speed_systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX $(ct2_systems)"

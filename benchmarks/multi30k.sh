@@ -13,6 +13,8 @@
 #   benchmarks/multi30k.sh singlepass # issue 12: one speed + one quality run of those beside the AR teacher
 #   benchmarks/multi30k.sh dag-decoding # issue 12: the DAG model's lookahead weight / Viterbi exponent on val and test
 #   benchmarks/multi30k.sh dag-speed  # issue 12: the DAG model's decodings on torch/ORT, batch 1 and 64, vs AR greedy
+#   benchmarks/multi30k.sh dag-ratio  # issue 12: DAG upsampling ratios 2/4/8 (those trained) on torch and ORT int8
+#                                     # vs AR greedy and CTranslate2 int8, 1 and 2 threads; val and test BLEU
 #   benchmarks/multi30k.sh speculative-train  # issue 13: greedy distillation, the CMLM drafter, the AR draft model
 #   benchmarks/multi30k.sh adversarial-train  # issue 15: the trained CMLM drafter, 600 more updates without / with GAN
 #   benchmarks/multi30k.sh adversarial # issue 15: quality (BLEU, chrF, repeats, length error) of both arms
@@ -242,6 +244,35 @@ lookahead_weight=2.0"
     python benchmarks/results.py record-bench runs/bench/dag_decoding.json --name dag-decoding \
       --command "$command" --gap-to ar-greedy
     ;;
+  dag-ratio)
+    # issue 12, the cost of the upsampling ratio: the DAG+GLAT models of ratio 2, 4 and 8 (those trained so far;
+    # same recipe, 2000 updates each) with lookahead (weight 2.0, picked on val for ratio 4) on torch eager and
+    # ONNX Runtime int8, beside the AR teacher greedy (transformers, CTranslate2 int8), batch 1 and 64, at 1 and
+    # 2 threads (idle machine); then val and test BLEU of each
+    systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
+--system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1,max_decoding_length=$AR_MAX"
+    for ratio in 2 4 8; do
+      run=runs/multi30k_dag_glat_r$ratio
+      [ $ratio = 4 ] && run=runs/multi30k_dag_glat
+      [ -f $run/results.json ] || continue
+      export_int8 $run/best
+      options=decoding_strategy=lookahead,lookahead_weight=2.0
+      systems="$systems --system dag-r$ratio-eager=$run/best:$options \
+--system dag-r$ratio-ort-int8=${run}/onnx_int8:int8=1,$options"
+    done
+    for threads in 1 2; do
+      command="nat-hf bench speed $systems --source $TEST.en --sentences 256 --batch-sizes 1,64 --repeats 3 \
+--threads $threads --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/dag_ratio_speed_${threads}thread.json"
+      $command > /dev/null
+      python benchmarks/results.py record-bench runs/bench/dag_ratio_speed_${threads}thread.json \
+        --name dag-ratio-speed-${threads}thread --command "$command"
+    done
+    command="nat-hf bench quality $systems --data-dir $NAT_HF_DATA_DIR --splits val test_2016_flickr \
+--threads $THREADS --output runs/bench/dag_ratio_quality.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/dag_ratio_quality.json --name dag-ratio-quality \
+      --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy
+    ;;
   dag-speed)
     # issue 12: batch-1 latency and batch-64 throughput of the DAG+GLAT model's val-picked decodings (dag-decoding:
     # Viterbi with length exponent 1.25, the best on val; lookahead weight 2.0, the best lookahead on val) on torch
@@ -353,7 +384,7 @@ lookahead_weight=2.0"
     ;;
   *)
     echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass|speculative-train|speculative|\
-adversarial-train|adversarial|runtime|dag-decoding|dag-speed" >&2
+adversarial-train|adversarial|runtime|dag-decoding|dag-speed|dag-ratio" >&2
     exit 2
     ;;
 esac

@@ -272,6 +272,14 @@ lookahead_weight=2.0"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/dag_ratio_quality.json --name dag-ratio-quality \
       --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy
+    for ratio in 2 8; do  # the cards of the ratio-2/8 models, from this run (ratio 4's comes from the runtime stage)
+      [ -f runs/multi30k_dag_glat_r$ratio/results.json ] || continue
+      nat-hf card runs/multi30k_dag_glat_r$ratio/best --repo-id nat-hf/multi30k-en-de-dag-glat-r$ratio \
+        --speed runs/bench/dag_ratio_speed_2thread.json --quality runs/bench/dag_ratio_quality.json \
+        --systems ar-greedy,ct2-int8-greedy,dag-r$ratio-eager,dag-r$ratio-ort-int8 \
+        --copy-to model_cards/multi30k-en-de-dag-glat-r$ratio.md --distilled-by "$NAT_HF_TEACHER" --distill-beams 4 \
+        --teacher-name ar-teacher-multi30k-en-de --teacher-data bentrevett/multi30k
+    done
     ;;
   dag-speed)
     # issue 12: batch-1 latency and batch-64 throughput of the DAG+GLAT model's val-picked decodings (dag-decoding:

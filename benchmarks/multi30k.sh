@@ -37,6 +37,9 @@ TEST=$NAT_HF_DATA_DIR/test_2016_flickr
 # AR output cap = the NAT models' longest output (max_target_positions 128), as in the teacher's eval.json and in
 # distillation: a rare looping AR hypothesis then costs the same here as there (test sentence 315 loops).
 AR_MAX=128
+# the same-size AR teacher greedy, by transformers and by CTranslate2 int8 (the baselines of most stages)
+AR_GREEDY="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX"
+CT2_INT8_GREEDY="--system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1,max_decoding_length=$AR_MAX"
 mkdir -p runs/bench
 
 train_and_record() {  # CONFIG NAME
@@ -60,13 +63,13 @@ export_int8() {  # MODEL_DIR -> its fp32 + int8 export beside it
   [ -f "${1%/best}/onnx_int8/onnx_export.json" ] || nat-hf export "$1" "${1%/best}/onnx_int8" --int8 > /dev/null
 }
 
-dag_card() {  # the DA-Transformer's model card: its decodings on torch and ONNX Runtime beside CTranslate2 and AR
-  nat-hf card runs/multi30k_dag_glat/best --repo-id nat-hf/multi30k-en-de-dag-glat \
-    --speed runs/bench/runtime_speed_2thread.json --quality runs/bench/runtime_quality.json \
-    --systems ar-greedy,ct2-int8-greedy,dag-lookahead-eager,dag-lookahead-ort,dag-lookahead-ort-int8,\
-dag-greedy-eager,dag-greedy-ort-int8,dag-viterbi-eager,dag-viterbi-ort-int8 \
-    --copy-to model_cards/multi30k-en-de-dag-glat.md --distilled-by "$NAT_HF_TEACHER" --distill-beams 4 \
-    --teacher-name ar-teacher-multi30k-en-de --teacher-data bentrevett/multi30k
+teacher_card() {  # MODEL_DIR NAME [nat-hf card options]: the card of a model distilled from and initialised by the
+  # shared teacher. The distilled data (../shared/data/multi30k/distill, see its README) has no distill_report.json:
+  # say whose beam-4 outputs it holds; the teacher is not on the Hub: name it, and its data (no train_config.yaml)
+  local model=$1 name=$2
+  shift 2
+  nat-hf card "$model" --repo-id "nat-hf/$name" --copy-to "model_cards/$name.md" --distilled-by "$NAT_HF_TEACHER" \
+    --distill-beams 4 --teacher-name ar-teacher-multi30k-en-de --teacher-data bentrevett/multi30k "$@"
 }
 
 nat_systems() {  # one-pass and Mask-Predict 2/4/10 iterations x length beam 1/3/5
@@ -79,14 +82,14 @@ nat_systems() {  # one-pass and Mask-Predict 2/4/10 iterations x length beam 1/3
 }
 
 ar_systems() {  # same-size AR (the teacher: Marian 3+3, d_model 256) and the deep-shallow AR, by transformers
-  echo "--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX"
+  echo "$AR_GREEDY"
   echo "--system ar-beam4=$NAT_HF_TEACHER:num_beams=4,max_new_tokens=$AR_MAX"
   echo "--system ar-deep-shallow-greedy=$DEEP_SHALLOW:num_beams=1,max_new_tokens=$AR_MAX"
 }
 
 ct2_systems() {  # the same-size AR run by CTranslate2 (speed only: fp32 output equals transformers greedy)
   echo "--system ct2-fp32-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=default,beam_size=1,max_decoding_length=$AR_MAX"
-  echo "--system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1,max_decoding_length=$AR_MAX"
+  echo "$CT2_INT8_GREEDY"
 }
 
 case ${1:-} in
@@ -124,12 +127,8 @@ case ${1:-} in
       --gap-to ar-greedy --gap-to ar-beam4
     ;;
   card)
-    # the distilled data (../shared/data/multi30k/distill, see its README) has no distill_report.json: say whose
-    # beam-4 outputs it holds; the teacher is not on the Hub: name it, and its data (it has no train_config.yaml)
-    nat-hf card "$NAT" --repo-id nat-hf/multi30k-en-de-cmlm-distill-arinit --speed runs/bench/speed.json \
-      --quality runs/bench/quality.json --copy-to model_cards/multi30k-en-de-cmlm-distill-arinit.md \
-      --distilled-by "$NAT_HF_TEACHER" --distill-beams 4 --teacher-name ar-teacher-multi30k-en-de \
-      --teacher-data bentrevett/multi30k
+    teacher_card "$NAT" multi30k-en-de-cmlm-distill-arinit --speed runs/bench/speed.json \
+      --quality runs/bench/quality.json
     ;;
   singlepass-train)
     for name in ${SINGLEPASS_CONFIGS:-multi30k_cmlm_distill_arinit multi30k_glat multi30k_ctc_glat multi30k_dag_glat \
@@ -163,7 +162,7 @@ case ${1:-} in
 --system spec-nat-suffix-onnx-block4=$NAT_HF_TEACHER:drafter=${suffix%/best}/onnx,draft_size=4,max_new_tokens=$AR_MAX \
 --system spec-nat-suffix-onnx-iter2=$NAT_HF_TEACHER:drafter=${suffix%/best}/onnx,draft_iterations=2,max_new_tokens=$AR_MAX"
     fi
-    systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
+    systems="$AR_GREEDY \
 --system spec-nat=$NAT_HF_TEACHER:drafter=$drafter,max_new_tokens=$AR_MAX \
 --system spec-nat-onnx=$NAT_HF_TEACHER:drafter=${drafter%/best}/onnx,max_new_tokens=$AR_MAX $suffix_systems \
 --system assisted-ar=$NAT_HF_TEACHER:assistant=runs/multi30k_ar_shallow_draft/best,max_new_tokens=$AR_MAX \
@@ -190,9 +189,9 @@ case ${1:-} in
     for run in multi30k_ctc_glat multi30k_dag_glat multi30k_dag_glat_r2 multi30k_dag_glat_r8; do
       export_int8 runs/$run/best
     done
-    systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
+    systems="$AR_GREEDY \
 --system ar-beam4=$NAT_HF_TEACHER:num_beams=4,max_new_tokens=$AR_MAX \
---system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1,max_decoding_length=$AR_MAX \
+$CT2_INT8_GREEDY \
 --system mp-1pass=runs/multi30k_cmlm_distill_arinit/best:num_iterations=1,length_beam=1 \
 --system mp4-lb5=runs/multi30k_cmlm_distill_arinit/best:num_iterations=4,length_beam=5 \
 --system glat-1pass=runs/multi30k_glat/best:num_iterations=1,length_beam=1 \
@@ -230,7 +229,7 @@ lookahead_weight=2.0"
     # issue 12: the DAG+GLAT model's decoding settings on val (pick there, read test): lookahead's token weight
     # (beta) and Viterbi's length exponent, beside greedy and the AR teacher's greedy
     dag=runs/multi30k_dag_glat/best
-    systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
+    systems="$AR_GREEDY \
 --system greedy=$dag:decoding_strategy=greedy"
     for weight in 0.5 1.0 1.5 2.0; do
       systems="$systems --system lookahead-w$weight=$dag:decoding_strategy=lookahead,lookahead_weight=$weight"
@@ -249,8 +248,8 @@ lookahead_weight=2.0"
     # same recipe, 2000 updates each) with lookahead (weight 2.0, picked on val for ratio 4) on torch eager and
     # ONNX Runtime int8, beside the AR teacher greedy (transformers, CTranslate2 int8), batch 1 and 64, at 1 and
     # 2 threads (idle machine); then val and test BLEU of each
-    systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
---system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1,max_decoding_length=$AR_MAX"
+    systems="$AR_GREEDY \
+$CT2_INT8_GREEDY"
     for ratio in 2 4 8; do
       run=runs/multi30k_dag_glat_r$ratio
       [ $ratio = 4 ] && run=runs/multi30k_dag_glat
@@ -274,11 +273,9 @@ lookahead_weight=2.0"
       --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy
     for ratio in 2 8; do  # the cards of the ratio-2/8 models, from this run (ratio 4's comes from the runtime stage)
       [ -f runs/multi30k_dag_glat_r$ratio/results.json ] || continue
-      nat-hf card runs/multi30k_dag_glat_r$ratio/best --repo-id nat-hf/multi30k-en-de-dag-glat-r$ratio \
+      teacher_card runs/multi30k_dag_glat_r$ratio/best multi30k-en-de-dag-glat-r$ratio \
         --speed runs/bench/dag_ratio_speed_2thread.json --quality runs/bench/dag_ratio_quality.json \
-        --systems ar-greedy,ct2-int8-greedy,dag-r$ratio-eager,dag-r$ratio-ort-int8 \
-        --copy-to model_cards/multi30k-en-de-dag-glat-r$ratio.md --distilled-by "$NAT_HF_TEACHER" --distill-beams 4 \
-        --teacher-name ar-teacher-multi30k-en-de --teacher-data bentrevett/multi30k
+        --systems ar-greedy,ct2-int8-greedy,dag-r$ratio-eager,dag-r$ratio-ort-int8
     done
     ;;
   dag-speed)
@@ -289,8 +286,8 @@ lookahead_weight=2.0"
     # equal eager's (idle machine for the speed run)
     dag=runs/multi30k_dag_glat/best onnx=runs/multi30k_dag_glat/onnx_int8
     [ -f $onnx/onnx_export.json ] || nat-hf export $dag $onnx --int8 > /dev/null
-    systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX \
---system ct2-int8-greedy=$NAT_HF_TEACHER:backend=ctranslate2,compute_type=int8,beam_size=1,max_decoding_length=$AR_MAX"
+    systems="$AR_GREEDY \
+$CT2_INT8_GREEDY"
     runtimes=""
     for decoding in lookahead-w2.0:decoding_strategy=lookahead,lookahead_weight=2.0 \
         viterbi-e1.25:decoding_strategy=viterbi,viterbi_length_exponent=1.25; do
@@ -341,7 +338,7 @@ lookahead_weight=2.0"
     nat=${RUNTIME_NAT:-runs/multi30k_cmlm_distill_arinit/best}
     export_int8 "$nat"
     onnx=${nat%/best}/onnx_int8
-    speed_systems="--system ar-greedy=$NAT_HF_TEACHER:num_beams=1,max_new_tokens=$AR_MAX $(ct2_systems)"
+    speed_systems="$AR_GREEDY $(ct2_systems)"
     for decoding in 1pass:num_iterations=1,length_beam=1 mp2:num_iterations=2,length_beam=3 \
         mp4:num_iterations=4,length_beam=3; do
       name=${decoding%%:*} options=${decoding#*:}
@@ -388,7 +385,12 @@ lookahead_weight=2.0"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/runtime_quality.json --name runtime-quality \
       --command "$command" --gap-to ct2-int8-greedy --gap-to nat-1pass-eager
-    [ -f "$dag/config.json" ] && dag_card
+    if [ -f "$dag/config.json" ]; then  # the DA-Transformer's card: its decodings on torch and ORT beside the AR
+      teacher_card "$dag" multi30k-en-de-dag-glat --speed runs/bench/runtime_speed_2thread.json \
+        --quality runs/bench/runtime_quality.json \
+        --systems ar-greedy,ct2-int8-greedy,dag-lookahead-eager,dag-lookahead-ort,dag-lookahead-ort-int8,\
+dag-greedy-eager,dag-greedy-ort-int8,dag-viterbi-eager,dag-viterbi-ort-int8
+    fi
     ;;
   *)
     echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass|speculative-train|speculative|\

@@ -1,6 +1,7 @@
 """Load a saved NAT model (directory or Hub repo id) and translate sentences in length-sorted batches: a list at
 once (`translate_texts`) or a stream, chunk by chunk, with a result per source (`translate_lines`)."""
 
+import argparse
 import re
 import types
 import typing
@@ -35,8 +36,6 @@ def is_hub_repo_id(name: str) -> bool:
 def thread_count(text: str) -> int:
     """argparse type of every command's `--threads`: an integer >= 1 (torch and ONNX Runtime refuse 0 or less,
     the first with a traceback)."""
-    import argparse
-
     try:
         value = int(text)
     except ValueError:

@@ -325,7 +325,7 @@ def test_half_precision_inputs_are_computed_in_float32():
 
 from nat_hf import NATConfig, NATForConditionalGeneration  # noqa: E402
 from nat_hf.method_base import NonFiniteScoresError, special_token_ids  # noqa: E402
-from nat_hf.method_dag import bracketed_emissions, path_log_probability  # noqa: E402
+from nat_hf.method_dag import bracketed_emissions, path_log_probability, vocabulary_emissions  # noqa: E402
 from nat_hf.methods import METHODS  # noqa: E402
 from nat_hf.toy import evaluate_toy_model, learn_toy_task  # noqa: E402
 
@@ -404,6 +404,54 @@ def test_dag_loss_equals_dag_loss_of_the_models_own_log_probs_and_links():
     assert result.logits.shape == (3, 28, model.config.vocab_size)
     output = model(input_ids=SOURCES, attention_mask=mask, labels=target)  # forward delegates to the method
     torch.testing.assert_close(output.loss, expected)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk_rows", [1, 4, 100])  # 4 does not divide the 2 x 5 rows; 100 is one chunk
+def test_vocabulary_emissions_equal_the_gathered_log_softmax_in_value_and_gradient(bias, chunk_rows):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 11, bias=bias).double()
+    hidden = torch.randn(2, 5, 6, dtype=F64, requires_grad=True)
+    target = torch.tensor([[3, 3, 10], [0, 7, 2]])  # a repeated token, the first and last ids
+    fused = vocabulary_emissions(hidden, layer, target, chunk_bytes=chunk_rows * 4 * 11)
+    reference = target_emissions(torch.log_softmax(layer(hidden), -1), target)
+    assert fused.shape == (2, 5, 3) and fused.dtype == F64
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-12)
+    weights = torch.randn(2, 5, 3, dtype=F64)  # an arbitrary upstream gradient
+    inputs = [hidden, *layer.parameters()]
+    for got, want in zip(torch.autograd.grad((fused * weights).sum(), inputs),
+                         torch.autograd.grad((reference * weights).sum(), inputs), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_vocabulary_emissions_reject_bad_shapes_and_ids_naming_them():
+    layer = torch.nn.Linear(6, 11, bias=False)
+    with pytest.raises(ValueError, match=r"target ids must lie in \[0, 11\)"):
+        vocabulary_emissions(torch.randn(1, 2, 6), layer, torch.tensor([[11]]))
+    with pytest.raises(ValueError, match="expected hidden"):
+        vocabulary_emissions(torch.randn(2, 6), layer, torch.tensor([[1]]))
+
+
+def test_the_training_loss_has_the_reference_gradient_and_returns_no_vocabulary_logits():
+    """Training never materialises the [B, L, V] logits; its loss and gradients equal the DAG loss of the model's
+    full log-softmax (dropout 0, glancing off: the same computation as the reference)."""
+    model = dag_model(dropout=0.0).train()
+    mask = SOURCES != 0
+    target = torch.tensor([[20, 21, 22, 23], [24, 25, 0, 0], [26, 27, 28, 0]])
+    target_mask = target != 0
+    context, vertex_lengths, _, _, logprobs, links = model_graph(model, SOURCES, mask)
+    reference, _ = dag_loss(bracketed_emissions(target_emissions(logprobs, target), target_mask), links,
+                            vertex_lengths, target_mask.sum(-1) + 2)
+    want = torch.autograd.grad(reference, list(model.parameters()), allow_unused=True)
+    context = model.model.make_context(SOURCES, mask, model.model.encode(SOURCES, mask))
+    result = METHODS["dag"].loss(model, context, target, target_mask, step=10)
+    assert result.logits is None
+    torch.testing.assert_close(result.total, reference)
+    got = torch.autograd.grad(result.total, list(model.parameters()), allow_unused=True)
+    for (name, _), a, b in zip(model.named_parameters(), got, want, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_a_target_longer_than_its_graph_is_skipped_counted_and_the_loss_stays_finite():

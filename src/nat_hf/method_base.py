@@ -69,7 +69,7 @@ class LossOutput:
 
     total: torch.Tensor  # []
     terms: dict[str, torch.Tensor]  # e.g. {"token": ..., "length": ...}, each []
-    logits: torch.Tensor | None  # [batch, decoder_len, vocab]
+    logits: torch.Tensor | None  # [batch, decoder_len, vocab]; None where the loss never builds them
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
     # events the training loop sums and logs, e.g. {"skipped_targets": rows left out of the loss because their
     # target cannot fit the decoder's positions}; each a [] tensor (no host sync in the step)

@@ -16,7 +16,8 @@ The method (:class:`DAGMethod`, registry row ``"dag"``): ``L_b = ceil(upsample_r
 (``method_ctc.upsampled_lengths``), the link scorer registered as ``model.model.link_scorer``, vertex 0 and the
 last vertex as the graph's start and end (:func:`bracketed_emissions`), optional glancing on the reference's best
 path (``method_glat``), and one-pass greedy / lookahead / Viterbi decoding from each vertex's best token
-(:func:`dag_walk`, :func:`dag_viterbi_best`; never a ``[B, L, V]`` log-prob tensor).
+(:func:`dag_walk`, :func:`dag_viterbi_best`). Neither training nor decoding builds a ``[B, L, V]`` log-prob tensor:
+the loss takes the target tokens' log-probs chunk by chunk (:func:`vocabulary_emissions`).
 """
 
 import math
@@ -57,6 +58,7 @@ __all__ = [
     "link_mask",
     "path_log_probability",
     "target_emissions",
+    "vocabulary_emissions",
 ]
 
 NEG_INF = float("-inf")
@@ -211,6 +213,83 @@ def target_emissions(token_logprobs: torch.Tensor, target: torch.Tensor) -> torc
     batch, vertices, _ = token_logprobs.shape
     index = target[:, None, :].expand(batch, vertices, target.shape[1])
     return token_logprobs.gather(-1, index)
+
+
+EMISSION_CHUNK_BYTES = 16 * 2**20  # float32 logits per chunk in `vocabulary_emissions`: small enough to stay cached
+
+
+class _VocabularyEmissions(torch.autograd.Function):
+    """``log_softmax(hidden @ weight.T + bias)`` gathered at ``target``, chunk by chunk over rows: neither the
+    ``[N, V]`` logits nor their log-softmax is ever stored; the backward recomputes each chunk's logits (one extra
+    output projection) and uses ``d logits = scatter(g) - softmax x sum_j g_j``. The backward runs in the inputs'
+    dtypes (float32 at least), outside any autocast."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, index, rows):
+        dtype = torch.promote_types(hidden.dtype, torch.float32)  # float32 at least, like the reference path
+        emissions = torch.empty(index.shape, dtype=dtype, device=hidden.device)
+        log_normalizer = torch.empty(index.shape[0], dtype=dtype, device=hidden.device)
+        for start in range(0, hidden.shape[0], rows):
+            logits = nn.functional.linear(hidden[start:start + rows], weight, bias).to(dtype)
+            log_normalizer[start:start + rows] = logits.logsumexp(-1)
+            emissions[start:start + rows] = logits.gather(1, index[start:start + rows]) - \
+                log_normalizer[start:start + rows, None]
+        ctx.save_for_backward(hidden, weight, bias, index, log_normalizer)
+        ctx.rows = rows
+        return emissions
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, bias, index, log_normalizer = ctx.saved_tensors
+        rows = ctx.rows
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        dtype = log_normalizer.dtype
+        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_bias else None
+        grad = grad.to(dtype)
+        for start in range(0, hidden.shape[0], rows):
+            h, g = hidden[start:start + rows], grad[start:start + rows]
+            d_logits = nn.functional.linear(h, weight, bias).to(dtype)
+            d_logits.sub_(log_normalizer[start:start + rows, None]).exp_().mul_(-g.sum(-1, keepdim=True))
+            d_logits.scatter_add_(1, index[start:start + rows], g)
+            if need_hidden:
+                grad_hidden[start:start + rows] = d_logits.to(weight.dtype) @ weight
+            if need_weight:
+                grad_weight.addmm_(d_logits.t(), h.to(dtype))
+            if need_bias:
+                grad_bias += d_logits.sum(0)
+        return (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
+                None if grad_bias is None else grad_bias.to(bias.dtype), None, None)
+
+
+def vocabulary_emissions(hidden: torch.Tensor, output_layer: nn.Linear, target: torch.Tensor,
+                         chunk_bytes: int = EMISSION_CHUNK_BYTES) -> torch.Tensor:
+    """``target_emissions(log_softmax(output_layer(hidden)), target)`` without the ``[B, L, V]`` tensors: the
+    vocabulary is normalised chunk by chunk and only the target tokens' log-probs are kept (at ratio 8 a
+    4096-token batch has ~30k vertices, whose float32 logits alone take 1 GB). Differentiable with respect to
+    ``hidden`` and the layer's parameters.
+
+    Args:
+        hidden: ``[B, L, d]`` decoder states of the vertices.
+        output_layer: the output projection ``d -> V`` (an ``nn.Linear``).
+        target: ``[B, T]`` token ids in ``[0, V)`` (padding must hold a valid id).
+        chunk_bytes: bound on one chunk's float32 logits.
+
+    Returns:
+        ``[B, L, T]`` float32 ``log P(target[b, j] | vertex v)``."""
+    vocab = output_layer.out_features
+    if hidden.dim() != 3 or target.dim() != 2 or target.shape[0] != hidden.shape[0]:
+        raise ValueError(f"expected hidden [B, L, d] and target [B, T], got {tuple(hidden.shape)} and "
+                         f"{tuple(target.shape)}")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= vocab):
+        raise ValueError(f"target ids must lie in [0, {vocab}), got min {int(target.min())} max {int(target.max())}")
+    batch, vertices, width = hidden.shape
+    index = target[:, None, :].expand(batch, vertices, target.shape[1]).reshape(batch * vertices, -1)
+    rows = max(1, chunk_bytes // (4 * vocab))
+    emissions = _VocabularyEmissions.apply(hidden.reshape(-1, width), output_layer.weight, output_layer.bias,
+                                           index, rows)
+    return emissions.view(batch, vertices, -1)
 
 
 def _check_dp_inputs(emission_logprobs: torch.Tensor, link_logprobs: torch.Tensor, vertex_lengths: torch.Tensor,
@@ -602,10 +681,11 @@ class DAGMethod(NATMethod):
         return vertex_lengths, vertex_mask, decoder_input_ids
 
     def graph(self, model, decoder_input_ids: torch.Tensor, vertex_mask: torch.Tensor, context
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One decoder pass: hidden states `[B, L, d]`, logits `[B, L, V]` and link log-probs `[B, L, L]`."""
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder pass: hidden states `[B, L, d]` and link log-probs `[B, L, L]` (the vocabulary projection
+        is left to the caller: `vocabulary_emissions` never materialises it)."""
         hidden = model.model.decode(decoder_input_ids, vertex_mask, context)
-        return hidden, model.lm_head(hidden), model.model.link_scorer(hidden, vertex_mask)
+        return hidden, model.model.link_scorer(hidden, vertex_mask)
 
     def loss(self, model, context, target: torch.Tensor, target_mask: torch.Tensor, step: int | None = None
              ) -> LossOutput:
@@ -616,7 +696,10 @@ class DAGMethod(NATMethod):
         most probable path of the reference (`dag_best_alignment`); the reference tokens whose vertex predicts
         another token are the mismatches, `round(ratio x mismatches)` reference tokens are revealed as decoder
         inputs at their vertices (`<mask>` elsewhere) for the second pass, which gives the loss (DA-Transformer's
-        glancing on the path)."""
+        glancing on the path).
+
+        The token log-probs come from `vocabulary_emissions` (no `[B, L, V]` tensor), so in training mode the
+        returned `logits` are None; in eval mode they are the second pass's `[B, L, V]` vertex logits."""
         config = model.config
         vertex_lengths, vertex_mask, decoder_input_ids = self.plan_vertices(model, context)
         target_lengths = target_mask.sum(-1)
@@ -624,27 +707,24 @@ class DAGMethod(NATMethod):
         ratio = self.training_options(config).loss_ratio(model.training, step)
         if ratio > 0:
             with torch.no_grad():
-                _, logits, links = self.graph(model, decoder_input_ids, vertex_mask, context)
-                log_probs = torch.log_softmax(logits.float(), dim=-1)
-                emissions = bracketed_emissions(target_emissions(log_probs, target), target_mask)
+                hidden, links = self.graph(model, decoder_input_ids, vertex_mask, context)
+                emissions = bracketed_emissions(vocabulary_emissions(hidden, model.lm_head, target), target_mask)
                 path, _ = dag_best_alignment(emissions, links, vertex_lengths, target_lengths + 2)
                 path = path[:, 1:-1]  # [B, T] the vertex of each target token (-1: padding, infeasible row)
-                # each vertex's best token from these log-probs (not a second projection: ~5% of an update)
-                log_probs[..., special_token_ids(config)] = float("-inf")
-                predicted = log_probs.argmax(-1)
                 aligned = path >= 0  # on target positions of feasible rows
-                at_path = predicted.gather(1, path.clamp(min=0))  # [B, T]
-                revealed = glancing_reveal((at_path != target) & aligned, target_mask & aligned, ratio)
+                at_path = hidden.gather(1, path.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
+                predicted, _ = predict_tokens(at_path, model.lm_head, special_token_ids(config), with_scores=False)
+                revealed = glancing_reveal((predicted != target) & aligned, target_mask & aligned, ratio)
                 count = decoder_input_ids.shape[1]
                 slots = torch.where(revealed, path, count)  # unrevealed tokens go to a discarded extra column
                 extended = torch.cat([decoder_input_ids, decoder_input_ids[:, :1]], dim=1)
                 decoder_input_ids = extended.scatter(1, slots, torch.where(revealed, target, config.mask_token_id)
                                                      )[:, :count]
-        _, logits, links = self.graph(model, decoder_input_ids, vertex_mask, context)
-        emissions = bracketed_emissions(target_emissions(torch.log_softmax(logits.float(), dim=-1), target),
-                                        target_mask)
+        hidden, links = self.graph(model, decoder_input_ids, vertex_mask, context)
+        emissions = bracketed_emissions(vocabulary_emissions(hidden, model.lm_head, target), target_mask)
         token_loss, skipped = dag_loss(emissions, links, vertex_lengths, target_lengths + 2)
-        return LossOutput(total=token_loss, terms={"token": token_loss}, logits=logits,
+        return LossOutput(total=token_loss, terms={"token": token_loss},
+                          logits=None if model.training else model.lm_head(hidden),
                           counts={"skipped_targets": skipped})
 
     def decode(self, model, input_ids, attention_mask, options, forced_lengths=None) -> Hypotheses:

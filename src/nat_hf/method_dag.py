@@ -219,21 +219,25 @@ EMISSION_CHUNK_BYTES = 16 * 2**20  # float32 logits per chunk in `vocabulary_emi
 
 
 class _VocabularyEmissions(torch.autograd.Function):
-    """``log_softmax(hidden @ weight.T + bias)`` gathered at ``target``, chunk by chunk over rows: neither the
-    ``[N, V]`` logits nor their log-softmax is ever stored; the backward recomputes each chunk's logits (one extra
-    output projection) and uses ``d logits = scatter(g) - softmax x sum_j g_j``. The backward runs in the inputs'
-    dtypes (float32 at least), outside any autocast."""
+    """``log_softmax(hidden @ weight.T + bias)`` gathered at ``index``, chunk by chunk over rows. Only the logits
+    are kept for the backward (no log-softmax copy, no zero-filled gradient of the gather): the backward turns each
+    kept chunk, in place, into ``d logits = scatter(g) - softmax x sum_j g_j`` and multiplies it out, so it can run
+    once (a second backward through the same graph raises). The backward runs in the inputs' dtypes (float32 at
+    least), outside any autocast."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, index, rows):
+    def forward(ctx, hidden, weight, bias, index, rows, keep):
         dtype = torch.promote_types(hidden.dtype, torch.float32)  # float32 at least, like the reference path
         emissions = torch.empty(index.shape, dtype=dtype, device=hidden.device)
         log_normalizer = torch.empty(index.shape[0], dtype=dtype, device=hidden.device)
+        ctx.chunks = []
         for start in range(0, hidden.shape[0], rows):
             logits = nn.functional.linear(hidden[start:start + rows], weight, bias).to(dtype)
             log_normalizer[start:start + rows] = logits.logsumexp(-1)
             emissions[start:start + rows] = logits.gather(1, index[start:start + rows]) - \
                 log_normalizer[start:start + rows, None]
+            if keep:
+                ctx.chunks.append(logits)
         ctx.save_for_backward(hidden, weight, bias, index, log_normalizer)
         ctx.rows = rows
         return emissions
@@ -241,16 +245,18 @@ class _VocabularyEmissions(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         hidden, weight, bias, index, log_normalizer = ctx.saved_tensors
-        rows = ctx.rows
+        if ctx.chunks is None:
+            raise RuntimeError("vocabulary_emissions: its backward consumes the kept logits and runs once")
+        chunks, ctx.chunks, rows = ctx.chunks, None, ctx.rows
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         dtype = log_normalizer.dtype
         grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_bias else None
         grad = grad.to(dtype)
-        for start in range(0, hidden.shape[0], rows):
+        for number, start in enumerate(range(0, hidden.shape[0], rows)):
             h, g = hidden[start:start + rows], grad[start:start + rows]
-            d_logits = nn.functional.linear(h, weight, bias).to(dtype)
+            d_logits, chunks[number] = chunks[number], None  # freed once used
             d_logits.sub_(log_normalizer[start:start + rows, None]).exp_().mul_(-g.sum(-1, keepdim=True))
             d_logits.scatter_add_(1, index[start:start + rows], g)
             if need_hidden:
@@ -260,7 +266,7 @@ class _VocabularyEmissions(torch.autograd.Function):
             if need_bias:
                 grad_bias += d_logits.sum(0)
         return (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
-                None if grad_bias is None else grad_bias.to(bias.dtype), None, None)
+                None if grad_bias is None else grad_bias.to(bias.dtype), None, None, None)
 
 
 def vocabulary_emissions(hidden: torch.Tensor, output_layer: nn.Linear, target: torch.Tensor,
@@ -287,8 +293,10 @@ def vocabulary_emissions(hidden: torch.Tensor, output_layer: nn.Linear, target: 
     batch, vertices, width = hidden.shape
     index = target[:, None, :].expand(batch, vertices, target.shape[1]).reshape(batch * vertices, -1)
     rows = max(1, chunk_bytes // (4 * vocab))
+    parameters = [output_layer.weight] + ([] if output_layer.bias is None else [output_layer.bias])
+    keep = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in [hidden, *parameters])
     emissions = _VocabularyEmissions.apply(hidden.reshape(-1, width), output_layer.weight, output_layer.bias,
-                                           index, rows)
+                                           index, rows, keep)  # keep: the logits, for a backward
     return emissions.view(batch, vertices, -1)
 
 

@@ -433,7 +433,7 @@ def test_vocabulary_emissions_reject_bad_shapes_and_ids_naming_them():
 
 
 def test_the_training_loss_has_the_reference_gradient_and_returns_no_vocabulary_logits():
-    """Training never materialises the [B, L, V] logits; its loss and gradients equal the DAG loss of the model's
+    """Training returns no [B, L, V] logits; its loss and gradients equal the DAG loss of the model's
     full log-softmax (dropout 0, glancing off: the same computation as the reference)."""
     model = dag_model(dropout=0.0).train()
     mask = SOURCES != 0

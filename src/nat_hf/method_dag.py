@@ -17,7 +17,8 @@ The method (:class:`DAGMethod`, registry row ``"dag"``): ``L_b = ceil(upsample_r
 last vertex as the graph's start and end (:func:`bracketed_emissions`), optional glancing on the reference's best
 path (``method_glat``), and one-pass greedy / lookahead / Viterbi decoding from each vertex's best token
 (:func:`dag_walk`, :func:`dag_viterbi_best`). Neither training nor decoding builds a ``[B, L, V]`` log-prob tensor:
-the loss takes the target tokens' log-probs chunk by chunk (:func:`vocabulary_emissions`).
+the loss takes the target tokens' log-probs chunk by chunk (:func:`vocabulary_emissions`; it keeps the logits for
+the backward, in chunks).
 """
 
 import math
@@ -271,10 +272,12 @@ class _VocabularyEmissions(torch.autograd.Function):
 
 def vocabulary_emissions(hidden: torch.Tensor, output_layer: nn.Linear, target: torch.Tensor,
                          chunk_bytes: int = EMISSION_CHUNK_BYTES) -> torch.Tensor:
-    """``target_emissions(log_softmax(output_layer(hidden)), target)`` without the ``[B, L, V]`` tensors: the
-    vocabulary is normalised chunk by chunk and only the target tokens' log-probs are kept (at ratio 8 a
-    4096-token batch has ~30k vertices, whose float32 logits alone take 1 GB). Differentiable with respect to
-    ``hidden`` and the layer's parameters.
+    """``target_emissions(log_softmax(output_layer(hidden)), target)`` with one ``[B, L, V]`` tensor instead of
+    three: the vocabulary is normalised chunk by chunk, the result holds only the target tokens' log-probs, and
+    the logits (kept for a backward only, in chunks of ``chunk_bytes``) become their own gradient in place; no
+    log-softmax copy, no zero-filled gradient of the gather (at ratio 8 a 4096-token batch has ~30k vertices,
+    whose float32 logits take 1 GB each; on CPU, glibc returns such tensors to the kernel and page-faults them
+    back at every step). Differentiable with respect to ``hidden`` and the layer's parameters, once.
 
     Args:
         hidden: ``[B, L, d]`` decoder states of the vertices.
@@ -691,7 +694,7 @@ class DAGMethod(NATMethod):
     def graph(self, model, decoder_input_ids: torch.Tensor, vertex_mask: torch.Tensor, context
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoder pass: hidden states `[B, L, d]` and link log-probs `[B, L, L]` (the vocabulary projection
-        is left to the caller: `vocabulary_emissions` never materialises it)."""
+        is left to the caller: `vocabulary_emissions` normalises it chunk by chunk)."""
         hidden = model.model.decode(decoder_input_ids, vertex_mask, context)
         return hidden, model.model.link_scorer(hidden, vertex_mask)
 
@@ -706,8 +709,8 @@ class DAGMethod(NATMethod):
         inputs at their vertices (`<mask>` elsewhere) for the second pass, which gives the loss (DA-Transformer's
         glancing on the path).
 
-        The token log-probs come from `vocabulary_emissions` (no `[B, L, V]` tensor), so in training mode the
-        returned `logits` are None; in eval mode they are the second pass's `[B, L, V]` vertex logits."""
+        The token log-probs come from `vocabulary_emissions` (no `[B, L, V]` log-prob tensor), so in training
+        mode the returned `logits` are None; in eval mode they are the second pass's `[B, L, V]` vertex logits."""
         config = model.config
         vertex_lengths, vertex_mask, decoder_input_ids = self.plan_vertices(model, context)
         target_lengths = target_mask.sum(-1)

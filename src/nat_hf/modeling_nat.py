@@ -75,7 +75,7 @@ class NATSeq2SeqLMOutput(ModelOutput):
         loss: the method's total loss (with `labels`); for `cmlm`/`vanilla`
             `token_loss + config.length_loss_weight * length_loss`.
         logits: `[batch, target_len, vocab]` decoder logits: those the method trained on (with `labels`; None
-            for `dag` in training mode, whose loss never materialises them) or those of the given
+            for `dag` in training mode, whose loss only keeps them in chunks) or those of the given
             `decoder_input_ids`.
         length_logits: `[batch, num_length_classes]` scores of the length predictor (methods with one).
         token_loss: the method's loss term named `token` (with `labels`).

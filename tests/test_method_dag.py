@@ -419,9 +419,12 @@ def test_vocabulary_emissions_equal_the_gathered_log_softmax_in_value_and_gradie
     torch.testing.assert_close(fused, reference, rtol=0, atol=1e-12)
     weights = torch.randn(2, 5, 3, dtype=F64)  # an arbitrary upstream gradient
     inputs = [hidden, *layer.parameters()]
-    for got, want in zip(torch.autograd.grad((fused * weights).sum(), inputs),
+    total = (fused * weights).sum()
+    for got, want in zip(torch.autograd.grad(total, inputs, retain_graph=True),
                          torch.autograd.grad((reference * weights).sum(), inputs), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    with pytest.raises(RuntimeError, match="vocabulary_emissions: its backward .* runs once"):
+        torch.autograd.grad(total, inputs)  # the kept logits became the first backward's gradient
 
 
 def test_vocabulary_emissions_reject_bad_shapes_and_ids_naming_them():

@@ -216,7 +216,8 @@ def target_emissions(token_logprobs: torch.Tensor, target: torch.Tensor) -> torc
     return token_logprobs.gather(-1, index)
 
 
-EMISSION_CHUNK_BYTES = 16 * 2**20  # float32 logits per chunk in `vocabulary_emissions`: small enough to stay cached
+EMISSION_CHUNK_BYTES = 16 * 2**20  # float32 logits per chunk in `vocabulary_emissions`: under glibc's largest mmap
+# threshold (32 MB), so on CPU the chunks are heap memory that is reused, not pages the kernel zeroes at every step
 
 
 class _VocabularyEmissions(torch.autograd.Function):

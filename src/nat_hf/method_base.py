@@ -32,8 +32,10 @@ from torch import nn
 
 # Largest float32 logits buffer `[positions, vocab]` that one refinement pass materialises: the output projection
 # runs over chunks of positions so that peak memory does not grow with batch x length_beam x length x vocabulary.
-# A chunk holds at least one position (a vocabulary over the budget still works, one position at a time).
-LOGITS_BUDGET_BYTES = 64 * 2**20
+# A chunk holds at least one position (a vocabulary over the budget still works, one position at a time). 16 MiB
+# (with logsumexp's temporary of the same size) stays under glibc's largest mmap threshold (32 MB): on CPU, larger
+# chunks are handed back to the kernel and page-faulted in again for every chunk (README, "Memory").
+LOGITS_BUDGET_BYTES = 16 * 2**20
 
 
 def check_integer(name: str, value, minimum: int) -> int:

@@ -111,7 +111,7 @@ def refine(
     a last pass whose scores nobody reads: one-pass decoding with a single length candidate.
 
     Memory: the projection runs over chunks of positions (`method_base.predict_tokens`), so the float32 logits
-    take at most `method_base.LOGITS_BUDGET_BYTES` (64 MiB; twice that with logsumexp's temporary) whatever the
+    take at most `method_base.LOGITS_BUDGET_BYTES` (16 MiB; twice that with logsumexp's temporary) whatever the
     batch, length beam, length and vocabulary; tokens and scores do not depend on the chunking."""
     config = model.config
     decoder_input_ids = state.tokens.masked_fill(remask, config.mask_token_id)

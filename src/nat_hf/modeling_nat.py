@@ -1000,7 +1000,7 @@ class NATForConditionalGeneration(NATPreTrainedModel, GenerationMixin):
                 inf (e.g. NaN weights), checked once after the last pass; no garbage translation is returned.
 
         Memory: besides the model's activations, each pass materialises at most `method_base.LOGITS_BUDGET_BYTES`
-        (64 MiB) of float32 logits (twice that with logsumexp's temporary): the output projection runs over
+        (16 MiB) of float32 logits (twice that with logsumexp's temporary): the output projection runs over
         chunks of positions, so the peak does not grow with batch x length_beam x length x vocabulary.
         """
         if inputs is not None and input_ids is not None:

@@ -1,7 +1,7 @@
 """Peak memory of one large `generate` call, in a fresh process: what the chunked output projection bounds.
 
     python benchmarks/generate_memory.py [--batch 256] [--length-beam 5] [--iterations 10] [--threads 1]
-                                         [--logits-budget-mib N] [--repeats 1]
+                                         [--logits-budget-mib N] [--repeats N]
 
 A random-weight NAT model of the Multi30k size (d_model 256, 3+3 layers, FFN 1024, vocabulary 8000) translates
 `--batch` random 20-token sources. Prints one JSON line: resident memory before the call, its peak during the call

@@ -413,7 +413,7 @@ def test_vocabulary_emissions_equal_the_gathered_log_softmax_in_value_and_gradie
     layer = torch.nn.Linear(6, 11, bias=bias).double()
     hidden = torch.randn(2, 5, 6, dtype=F64, requires_grad=True)
     target = torch.tensor([[3, 3, 10], [0, 7, 2]])  # a repeated token, the first and last ids
-    fused = vocabulary_emissions(hidden, layer, target, chunk_bytes=chunk_rows * 4 * 11)
+    fused = vocabulary_emissions(hidden, layer, target, budget_bytes=chunk_rows * 4 * 11)
     reference = target_emissions(torch.log_softmax(layer(hidden), -1), target)
     assert fused.shape == (2, 5, 3) and fused.dtype == F64
     torch.testing.assert_close(fused, reference, rtol=0, atol=1e-12)

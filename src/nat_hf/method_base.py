@@ -263,6 +263,13 @@ def special_token_ids(config) -> list[int]:
                         config.bos_token_id) if i is not None]
 
 
+def chunk_positions(vocab_size: int, budget_bytes: int | None = None) -> int:
+    """Positions per chunk of the output projection whose float32 logits fit `budget_bytes` (default
+    `LOGITS_BUDGET_BYTES`, read at call time), at least one."""
+    budget = LOGITS_BUDGET_BYTES if budget_bytes is None else budget_bytes
+    return max(1, budget // (4 * vocab_size))
+
+
 def predict_tokens(
     hidden: torch.Tensor,
     output_layer: nn.Linear,
@@ -286,9 +293,8 @@ def predict_tokens(
     Returns:
         tokens (long) and scores (float32), both of shape `hidden.shape[:-1]`.
     """
-    budget = LOGITS_BUDGET_BYTES if budget_bytes is None else budget_bytes
     flat = hidden.reshape(-1, hidden.shape[-1])
-    chunk = max(1, budget // (4 * output_layer.out_features))  # positions per chunk
+    chunk = chunk_positions(output_layer.out_features, budget_bytes)
     tokens, scores = [], []
     for start in range(0, max(flat.shape[0], 1), chunk):  # an empty input still makes one (empty) chunk
         logits = output_layer(flat[start : start + chunk]).float()  # [chunk, vocab]

@@ -35,6 +35,7 @@ from .method_base import (
     NATMethod,
     check_finite,
     check_integer,
+    chunk_positions,
     predict_tokens,
     special_token_ids,
 )
@@ -201,6 +202,11 @@ class DAGLinkScorer(nn.Module):
 # loss
 
 
+def _check_target_ids(target: torch.Tensor, vocab: int) -> None:
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= vocab):
+        raise ValueError(f"target ids must lie in [0, {vocab}), got min {int(target.min())} max {int(target.max())}")
+
+
 def target_emissions(token_logprobs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``token_logprobs [B, L, V]`` (vocabulary log-softmax per vertex), ``target [B, T]`` -> ``[B, L, T]`` with
     ``out[b, v, j] = token_logprobs[b, v, target[b, j]]``. Padded target positions must hold a valid id (e.g. the
@@ -208,16 +214,10 @@ def target_emissions(token_logprobs: torch.Tensor, target: torch.Tensor) -> torc
     if token_logprobs.dim() != 3 or target.dim() != 2 or target.shape[0] != token_logprobs.shape[0]:
         raise ValueError(f"expected token_logprobs [B, L, V] and target [B, T], got {tuple(token_logprobs.shape)} "
                          f"and {tuple(target.shape)}")
-    vocab = token_logprobs.shape[-1]
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= vocab):
-        raise ValueError(f"target ids must lie in [0, {vocab}), got min {int(target.min())} max {int(target.max())}")
+    _check_target_ids(target, token_logprobs.shape[-1])
     batch, vertices, _ = token_logprobs.shape
     index = target[:, None, :].expand(batch, vertices, target.shape[1])
     return token_logprobs.gather(-1, index)
-
-
-EMISSION_CHUNK_BYTES = 16 * 2**20  # float32 logits per chunk in `vocabulary_emissions`: under glibc's largest mmap
-# threshold (32 MB), so on CPU the chunks are heap memory that is reused, not pages the kernel zeroes at every step
 
 
 class _VocabularyEmissions(torch.autograd.Function):
@@ -272,10 +272,10 @@ class _VocabularyEmissions(torch.autograd.Function):
 
 
 def vocabulary_emissions(hidden: torch.Tensor, output_layer: nn.Linear, target: torch.Tensor,
-                         chunk_bytes: int = EMISSION_CHUNK_BYTES) -> torch.Tensor:
+                         budget_bytes: int | None = None) -> torch.Tensor:
     """``target_emissions(log_softmax(output_layer(hidden)), target)`` with one ``[B, L, V]`` tensor instead of
     three: the vocabulary is normalised chunk by chunk, the result holds only the target tokens' log-probs, and
-    the logits (kept for a backward only, in chunks of ``chunk_bytes``) become their own gradient in place; no
+    the logits (kept for a backward only, in chunks of ``budget_bytes``) become their own gradient in place; no
     log-softmax copy, no zero-filled gradient of the gather (at ratio 8 a 4096-token batch has ~30k vertices,
     whose float32 logits take 1 GB each; on CPU, glibc returns such tensors to the kernel and page-faults them
     back at every step). Differentiable with respect to ``hidden`` and the layer's parameters, once.
@@ -284,7 +284,9 @@ def vocabulary_emissions(hidden: torch.Tensor, output_layer: nn.Linear, target: 
         hidden: ``[B, L, d]`` decoder states of the vertices.
         output_layer: the output projection ``d -> V`` (an ``nn.Linear``).
         target: ``[B, T]`` token ids in ``[0, V)`` (padding must hold a valid id).
-        chunk_bytes: bound on one chunk's float32 logits.
+        budget_bytes: bound on one chunk's float32 logits (default ``method_base.LOGITS_BUDGET_BYTES``, the chunk
+            of decoding's projection too: under glibc's largest mmap threshold, so on CPU the chunks are reused
+            heap memory, not pages the kernel zeroes at every step).
 
     Returns:
         ``[B, L, T]`` float32 ``log P(target[b, j] | vertex v)``."""
@@ -292,11 +294,10 @@ def vocabulary_emissions(hidden: torch.Tensor, output_layer: nn.Linear, target: 
     if hidden.dim() != 3 or target.dim() != 2 or target.shape[0] != hidden.shape[0]:
         raise ValueError(f"expected hidden [B, L, d] and target [B, T], got {tuple(hidden.shape)} and "
                          f"{tuple(target.shape)}")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= vocab):
-        raise ValueError(f"target ids must lie in [0, {vocab}), got min {int(target.min())} max {int(target.max())}")
+    _check_target_ids(target, vocab)
     batch, vertices, width = hidden.shape
     index = target[:, None, :].expand(batch, vertices, target.shape[1]).reshape(batch * vertices, -1)
-    rows = max(1, chunk_bytes // (4 * vocab))
+    rows = chunk_positions(vocab, budget_bytes)
     parameters = [output_layer.weight] + ([] if output_layer.bias is None else [output_layer.bias])
     keep = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in [hidden, *parameters])
     emissions = _VocabularyEmissions.apply(hidden.reshape(-1, width), output_layer.weight, output_layer.bias,

@@ -10,7 +10,8 @@
 #   benchmarks/multi30k.sh card       # the NAT model's card (model_cards/) from the speed and quality JSON
 #   benchmarks/multi30k.sh singlepass-train  # issue 12: Mask-Predict, GLAT, CTC+GLAT, DAG+GLAT (upsampling 2, 4, 8), AXE
 #                                             # (resumable: rerun after a kill, each run continues with --resume)
-#   benchmarks/multi30k.sh singlepass # issue 12: one speed + one quality run of those beside the AR teacher
+#   benchmarks/multi30k.sh singlepass # issue 12: one speed + one quality run of those (the ones trained so far)
+#                                     # beside the AR teacher; the GLAT, CTC and AXE model cards
 #   benchmarks/multi30k.sh dag-decoding # issue 12: the DAG model's lookahead weight / Viterbi exponent on val and test
 #   benchmarks/multi30k.sh dag-speed  # issue 12: the DAG model's decodings on torch/ORT, batch 1 and 64, vs AR greedy
 #   benchmarks/multi30k.sh dag-ratio  # issue 12: DAG upsampling ratios 2/4/8 (those trained) on torch and ORT int8
@@ -186,34 +187,44 @@ case ${1:-} in
     # the ones dag-decoding picked on val (lookahead weight 2.0, Viterbi length exponent 1.25; picked for ratio 4,
     # applied to ratios 2 and 8 as well); ratios 2/4/8. Then the fastest runtime of each one-pass decoder (ONNX
     # Runtime int8) against the fastest AR runtime (CTranslate2 int8 greedy), for the quality/speed frontier.
-    for run in multi30k_ctc_glat multi30k_dag_glat multi30k_dag_glat_r2 multi30k_dag_glat_r8; do
-      export_int8 runs/$run/best
-    done
+    # A model not trained yet (no runs/NAME/results.json) is left out of the run, and said so on stderr.
     systems="$AR_GREEDY \
 --system ar-beam4=$NAT_HF_TEACHER:num_beams=4,max_new_tokens=$AR_MAX \
-$CT2_INT8_GREEDY \
---system mp-1pass=runs/multi30k_cmlm_distill_arinit/best:num_iterations=1,length_beam=1 \
---system mp4-lb5=runs/multi30k_cmlm_distill_arinit/best:num_iterations=4,length_beam=5 \
---system glat-1pass=runs/multi30k_glat/best:num_iterations=1,length_beam=1 \
---system glat-lb5=runs/multi30k_glat/best:num_iterations=1,length_beam=5 \
---system ctc-glat=runs/multi30k_ctc_glat/best:decoding_strategy=greedy \
---system axe-1pass=runs/multi30k_axe/best:length_beam=1 \
---system dag-glat-greedy=runs/multi30k_dag_glat/best:decoding_strategy=greedy \
---system dag-glat-lookahead=runs/multi30k_dag_glat/best:decoding_strategy=lookahead \
---system dag-glat-viterbi=runs/multi30k_dag_glat/best:decoding_strategy=viterbi \
---system dag-glat-lookahead-w2.0=runs/multi30k_dag_glat/best:decoding_strategy=lookahead,lookahead_weight=2.0 \
---system dag-glat-viterbi-e1.25=runs/multi30k_dag_glat/best:decoding_strategy=viterbi,viterbi_length_exponent=1.25 \
---system dag-glat-r2-lookahead=runs/multi30k_dag_glat_r2/best:decoding_strategy=lookahead \
---system dag-glat-r2-lookahead-w2.0=runs/multi30k_dag_glat_r2/best:decoding_strategy=lookahead,lookahead_weight=2.0 \
---system dag-glat-r8-lookahead=runs/multi30k_dag_glat_r8/best:decoding_strategy=lookahead \
---system dag-glat-r8-lookahead-w2.0=runs/multi30k_dag_glat_r8/best:decoding_strategy=lookahead,lookahead_weight=2.0 \
---system ctc-glat-ort-int8=runs/multi30k_ctc_glat/onnx_int8:int8=1,decoding_strategy=greedy \
---system dag-glat-r2-lookahead-w2.0-ort-int8=runs/multi30k_dag_glat_r2/onnx_int8:int8=1,decoding_strategy=lookahead,\
-lookahead_weight=2.0 \
---system dag-glat-lookahead-w2.0-ort-int8=runs/multi30k_dag_glat/onnx_int8:int8=1,decoding_strategy=lookahead,\
-lookahead_weight=2.0 \
---system dag-glat-r8-lookahead-w2.0-ort-int8=runs/multi30k_dag_glat_r8/onnx_int8:int8=1,decoding_strategy=lookahead,\
-lookahead_weight=2.0"
+$CT2_INT8_GREEDY"
+    with_trained() {  # RUN SYSTEM...: add each "NAME=OPTIONS" system of runs/RUN/best (ONNX: NAME=onnx:OPTIONS)
+      local run=$1
+      shift
+      if [ ! -f "runs/$run/results.json" ]; then
+        echo "singlepass: runs/$run is not trained yet; left out: $*" >&2
+        return 0
+      fi
+      local system
+      for system in "$@"; do
+        case "$system" in
+          *=onnx:*)
+            export_int8 "runs/$run/best"
+            systems="$systems --system ${system%%=*}=runs/$run/onnx_int8:int8=1,${system#*=onnx:}" ;;
+          *) systems="$systems --system ${system%%=*}=runs/$run/best:${system#*=}" ;;
+        esac
+      done
+    }
+    with_trained multi30k_cmlm_distill_arinit mp-1pass=num_iterations=1,length_beam=1 \
+      mp4-lb5=num_iterations=4,length_beam=5
+    with_trained multi30k_glat glat-1pass=num_iterations=1,length_beam=1 glat-lb5=num_iterations=1,length_beam=5
+    with_trained multi30k_ctc_glat ctc-glat=decoding_strategy=greedy
+    with_trained multi30k_axe axe-1pass=length_beam=1
+    with_trained multi30k_dag_glat dag-glat-greedy=decoding_strategy=greedy \
+      dag-glat-lookahead=decoding_strategy=lookahead dag-glat-viterbi=decoding_strategy=viterbi \
+      dag-glat-lookahead-w2.0=decoding_strategy=lookahead,lookahead_weight=2.0 \
+      dag-glat-viterbi-e1.25=decoding_strategy=viterbi,viterbi_length_exponent=1.25
+    with_trained multi30k_dag_glat_r2 dag-glat-r2-lookahead=decoding_strategy=lookahead \
+      dag-glat-r2-lookahead-w2.0=decoding_strategy=lookahead,lookahead_weight=2.0
+    with_trained multi30k_dag_glat_r8 dag-glat-r8-lookahead=decoding_strategy=lookahead \
+      dag-glat-r8-lookahead-w2.0=decoding_strategy=lookahead,lookahead_weight=2.0
+    with_trained multi30k_ctc_glat ctc-glat-ort-int8=onnx:decoding_strategy=greedy
+    for run in multi30k_dag_glat_r2:dag-glat-r2 multi30k_dag_glat:dag-glat multi30k_dag_glat_r8:dag-glat-r8; do
+      with_trained "${run%%:*}" "${run#*:}-lookahead-w2.0-ort-int8=onnx:decoding_strategy=lookahead,lookahead_weight=2.0"
+    done
     command="nat-hf bench speed $systems --source $TEST.en --sentences 256 --batch-sizes 1,64 --repeats 3 \
 --threads $THREADS --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/singlepass_speed.json"
     $command > /dev/null
@@ -224,6 +235,15 @@ lookahead_weight=2.0"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/singlepass_quality.json --name singlepass-quality \
       --command "$command" --gap-to ar-greedy --gap-to ar-beam4
+    # the cards of the GLAT, CTC+GLAT and AXE models (those trained), from this run (the DAG models' come from the
+    # runtime and dag-ratio stages)
+    for spec in multi30k_glat:glat:glat-1pass,glat-lb5 multi30k_ctc_glat:ctc-glat:ctc-glat,ctc-glat-ort-int8 \
+        multi30k_axe:axe:axe-1pass; do
+      run=${spec%%:*} rest=${spec#*:}
+      [ -f runs/$run/results.json ] || continue
+      teacher_card runs/$run/best multi30k-en-de-${rest%%:*} --speed runs/bench/singlepass_speed.json \
+        --quality runs/bench/singlepass_quality.json --systems ar-greedy,ct2-int8-greedy,${rest#*:}
+    done
     ;;
   dag-decoding)
     # issue 12: the DAG+GLAT model's decoding settings on val (pick there, read test): lookahead's token weight

@@ -711,8 +711,9 @@ class DAGMethod(NATMethod):
         inputs at their vertices (`<mask>` elsewhere) for the second pass, which gives the loss (DA-Transformer's
         glancing on the path).
 
-        The token log-probs come from `vocabulary_emissions` (no `[B, L, V]` log-prob tensor), so in training
-        mode the returned `logits` are None; in eval mode they are the second pass's `[B, L, V]` vertex logits."""
+        In training mode the token log-probs come from `vocabulary_emissions` (no `[B, L, V]` log-prob tensor)
+        and the returned `logits` are None; in eval mode they are the second pass's `[B, L, V]` vertex logits,
+        whose log-softmax gives the token log-probs (the vocabulary is projected once either way)."""
         config = model.config
         vertex_lengths, vertex_mask, decoder_input_ids = self.plan_vertices(model, context)
         target_lengths = target_mask.sum(-1)
@@ -734,10 +735,14 @@ class DAGMethod(NATMethod):
                 decoder_input_ids = extended.scatter(1, slots, torch.where(revealed, target, config.mask_token_id)
                                                      )[:, :count]
         hidden, links = self.graph(model, decoder_input_ids, vertex_mask, context)
-        emissions = bracketed_emissions(vocabulary_emissions(hidden, model.lm_head, target), target_mask)
+        if model.training:
+            logits, token_emissions = None, vocabulary_emissions(hidden, model.lm_head, target)
+        else:  # the returned logits are projected anyway: their log-softmax gives the emissions (one projection)
+            logits = model.lm_head(hidden)
+            token_emissions = target_emissions(torch.log_softmax(logits.float(), -1), target)
+        emissions = bracketed_emissions(token_emissions, target_mask)
         token_loss, skipped = dag_loss(emissions, links, vertex_lengths, target_lengths + 2)
-        return LossOutput(total=token_loss, terms={"token": token_loss},
-                          logits=None if model.training else model.lm_head(hidden),
+        return LossOutput(total=token_loss, terms={"token": token_loss}, logits=logits,
                           counts={"skipped_targets": skipped})
 
     def decode(self, model, input_ids, attention_mask, options, forced_lengths=None) -> Hypotheses:

@@ -185,17 +185,17 @@ class DAGLinkScorer(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # [B, H, L, L]
         allowed_h = allowed[:, None]
         empty_row = ~allowed_h.any(-1, keepdim=True)
-        # masked entries -> -inf; rows with nothing allowed -> zeros (a finite softmax, masked again below)
-        scores = torch.where(allowed_h, scores, torch.full_like(scores, NEG_INF))
-        scores = torch.where(empty_row, torch.zeros_like(scores), scores)
+        # masked entries -> -inf; rows with nothing allowed -> zeros (a finite softmax, masked again below).
+        # masked_fill, not where(..., full_like(...)): no [B, H, L, L] tensor of constants (at ratio 8, 1 GB a step)
+        scores = scores.masked_fill(~allowed_h, NEG_INF).masked_fill(empty_row, 0.0)
         log_links = torch.log_softmax(scores, dim=-1)
         if self.gate is not None:
             log_gate = torch.log_softmax(self.gate(hidden_states).to(dtype), dim=-1)  # [B, L, H]
-            finite = torch.where(allowed_h, log_links, torch.zeros_like(log_links))  # keep logsumexp grads finite
+            finite = log_links.masked_fill(~allowed_h, 0.0)  # keep logsumexp grads finite
             log_links = torch.logsumexp(finite + log_gate.transpose(1, 2)[..., None], dim=1)
         else:
             log_links = log_links[:, 0]
-        return torch.where(allowed, log_links, torch.full_like(log_links, NEG_INF))
+        return log_links.masked_fill(~allowed, NEG_INF)
 
 
 # ----------------------------------------------------------------------------------------------------------------

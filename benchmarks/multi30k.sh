@@ -231,7 +231,7 @@ $CT2_INT8_GREEDY"
     python benchmarks/results.py record-bench runs/bench/singlepass_speed.json --name singlepass-speed \
       --command "$command"
     command="nat-hf bench quality $systems --data-dir $NAT_HF_DATA_DIR --splits val test_2016_flickr \
---threads $THREADS --output runs/bench/singlepass_quality.json"
+--threads $THREADS --baseline ar-greedy --output runs/bench/singlepass_quality.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/singlepass_quality.json --name singlepass-quality \
       --command "$command" --gap-to ar-greedy --gap-to ar-beam4
@@ -287,7 +287,7 @@ $CT2_INT8_GREEDY"
         --name dag-ratio-speed-${threads}thread --command "$command"
     done
     command="nat-hf bench quality $systems --data-dir $NAT_HF_DATA_DIR --splits val test_2016_flickr \
---threads $THREADS --output runs/bench/dag_ratio_quality.json"
+--threads $THREADS --baseline ar-greedy --output runs/bench/dag_ratio_quality.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/dag_ratio_quality.json --name dag-ratio-quality \
       --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy

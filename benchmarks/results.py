@@ -352,6 +352,12 @@ def render_speed(entry: dict) -> list[str]:
     return lines
 
 
+def same_output_cell(scores: dict, baseline: str) -> str:
+    cell = "{} / {}".format(*scores["same_output_as"][baseline])
+    test = scores.get("paired_bootstrap", {}).get(baseline)  # absent for the baseline itself and older records
+    return cell if test is None else f"{cell}; p = {test['p_value']}"
+
+
 def render_quality(entry: dict) -> list[str]:
     data, gap_to = entry["data"], entry.get("gap_to", [])
     lines = [f"### {entry['name']}", "", f"- command: `{entry['command']}`",
@@ -370,13 +376,15 @@ def render_quality(entry: dict) -> list[str]:
     baselines = next((list(scores.get("same_output_as", {})) for system in data["systems"].values()
                       for scores in system["splits"].values()), [])
     if baselines:
-        lines += ["", "Hypotheses identical to each baseline's (sentences identical / sentences):", "",
+        lines += ["", "Hypotheses identical to each baseline's (sentences identical / sentences) and, where measured, "
+                  "the p-value of the BLEU difference to it (paired bootstrap, `nat_hf.quality.paired_bootstrap`; "
+                  "< 0.05: unlikely to be chance):", "",
                   "| system | split | " + " | ".join(f"same output as {baseline}" for baseline in baselines) + " |",
                   "| --- | --- |" + " --- |" * len(baselines)]
         for label, system in data["systems"].items():
             for split, scores in system["splits"].items():
                 lines.append(f"| {label} | {split} | " + " | ".join(
-                    "{} / {}".format(*scores["same_output_as"][baseline]) for baseline in baselines) + " |")
+                    same_output_cell(scores, baseline) for baseline in baselines) + " |")
     return lines + [""]
 
 

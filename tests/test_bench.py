@@ -124,7 +124,7 @@ def test_length_cost_extends_short_position_tables_for_timing_only(tmp_path, tin
 
 def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_systems):
     from nat_hf.quality import main as quality_main
-    from nat_hf.quality import repeated_token_share
+    from nat_hf.quality import paired_bootstrap, repeated_token_share
 
     assert repeated_token_share([["a", "a", "b"], ["c", "c", "c", "d"]]) == 3 / 7
     output = tmp_path / "quality.json"
@@ -140,6 +140,11 @@ def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_syst
     assert scores["same_output_as"] == {"nat": [40, 40]}
     assert systems["ar"]["splits"]["val"]["same_output_as"] == {
         "nat": [sum(a == b for a, b in zip(ar_hypotheses, scores["hypotheses"], strict=True)), 40]}
+    # each other system's BLEU difference to the baseline, tested (not the baseline against itself)
+    assert "nat" not in scores["paired_bootstrap"]
+    references = (toy_corpus / "val.de").read_text().splitlines()
+    assert systems["ar"]["splits"]["val"]["paired_bootstrap"] == {
+        "nat": paired_bootstrap(scores["hypotheses"], ar_hypotheses, references)}
     assert scores["sentences"] == 40 and len(scores["hypotheses"]) == 40
     assert 0 <= scores["repeated_token_share"] <= 1 and "length_error_relative_mean" in scores
     assert sum(bucket["sentences"] for bucket in scores["bleu_by_source_length"].values()) == 40
@@ -172,6 +177,8 @@ def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_syst
     gap = systems["nat"]["splits"]["val"]["bleu"] - systems["ar"]["splits"]["val"]["bleu"]
     assert "| BLEU gap to ar |" in text and f"| nat | val | {scores['bleu']} | {gap:+.2f} |" in text
     assert "| system | split | same output as nat |" in text and "| nat | val | 40 / 40 |" in text
+    p_value = systems["ar"]["splits"]["val"]["paired_bootstrap"]["nat"]["p_value"]
+    assert f"| ar | val | {systems['ar']['splits']['val']['same_output_as']['nat'][0]} / 40; p = {p_value} |" in text
     assert "| ar | val | " + f"{systems['ar']['splits']['val']['bleu']} | +0.00 |" in text
     assert "![BLEU vs latency](records/frontier.png)" in text and (results.RECORDS / "frontier.png").is_file()
     readme = results.README.read_text()  # the README block: regenerated between its markers, the rest kept
@@ -493,3 +500,18 @@ def test_an_adversarial_continued_run_renders_its_model_settings_and_discriminat
             "warm-up steps), Gumbel-softmax temperature 1.0 -> 0.5 over 600 steps, label smoothing 0.1") in text
     assert "| adversarial | discriminator | discriminator accuracy |" in text
     assert "| 2 | 1.0 | 2.0 | 4.0 | 12.5 | 0.75 | 0.5 | 0.6 |" in text
+
+
+def test_paired_bootstrap_tells_a_real_difference_from_none():
+    from nat_hf.quality import paired_bootstrap
+
+    references = [f"the {animal} sits on the mat number {i} today" for i, animal in enumerate(["cat", "dog"] * 50)]
+    baseline = [text.replace("mat", "rug") if i % 2 else text for i, text in enumerate(references)]
+    one_off = [text.replace("today", "now") if i == 0 else text for i, text in enumerate(baseline)]
+    assert paired_bootstrap(baseline, one_off, references, samples=200)["p_value"] > 0.05  # one word in 100 lines
+    worse = [" ".join(text.split()[:4]) for text in references]  # drops half of every sentence
+    tested = paired_bootstrap(baseline, worse, references, samples=200)
+    assert tested["p_value"] < 0.05 and tested["samples"] == 200
+    assert tested == paired_bootstrap(baseline, worse, references, samples=200)  # a fixed seed
+    with pytest.raises(ValueError, match="one hypothesis per reference"):
+        paired_bootstrap(references, worse[:-1], references)

@@ -222,9 +222,9 @@ $CT2_INT8_GREEDY"
     with_trained multi30k_dag_glat_r8 dag-glat-r8-lookahead=decoding_strategy=lookahead \
       dag-glat-r8-lookahead-w2.0=decoding_strategy=lookahead,lookahead_weight=2.0
     with_trained multi30k_ctc_glat ctc-glat-ort-int8=onnx:decoding_strategy=greedy
-    for run in multi30k_dag_glat_r2:dag-glat-r2 multi30k_dag_glat:dag-glat multi30k_dag_glat_r8:dag-glat-r8; do
-      with_trained "${run%%:*}" "${run#*:}-lookahead-w2.0-ort-int8=onnx:decoding_strategy=lookahead,lookahead_weight=2.0"
-    done
+    with_trained multi30k_dag_glat_r2 dag-glat-r2-lookahead-w2.0-ort-int8=onnx:decoding_strategy=lookahead,lookahead_weight=2.0
+    with_trained multi30k_dag_glat dag-glat-lookahead-w2.0-ort-int8=onnx:decoding_strategy=lookahead,lookahead_weight=2.0
+    with_trained multi30k_dag_glat_r8 dag-glat-r8-lookahead-w2.0-ort-int8=onnx:decoding_strategy=lookahead,lookahead_weight=2.0
     command="nat-hf bench speed $systems --source $TEST.en --sentences 256 --batch-sizes 1,64 --repeats 3 \
 --threads $THREADS --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/singlepass_speed.json"
     $command > /dev/null

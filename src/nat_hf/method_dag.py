@@ -186,7 +186,7 @@ class DAGLinkScorer(nn.Module):
         allowed_h = allowed[:, None]
         empty_row = ~allowed_h.any(-1, keepdim=True)
         # masked entries -> -inf; rows with nothing allowed -> zeros (a finite softmax, masked again below).
-        # masked_fill, not where(..., full_like(...)): no [B, H, L, L] tensor of constants (at ratio 8, 1 GB a step)
+        # masked_fill, not where(..., full_like(...)): no [B, H, L, L] tensors of constants
         scores = scores.masked_fill(~allowed_h, NEG_INF).masked_fill(empty_row, 0.0)
         log_links = torch.log_softmax(scores, dim=-1)
         if self.gate is not None:

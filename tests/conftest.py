@@ -11,7 +11,18 @@ import torch  # noqa: E402
 from nat_hf import NATConfig, NATForConditionalGeneration  # noqa: E402
 from nat_hf.methods import METHODS  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("NAT_TEST_THREADS", "2")))
+# the suite runs on two cores (README: pytest -n 2, one process per core): each worker takes its share of them
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = int(os.environ.get("NAT_TEST_THREADS", max(1, 2 // WORKERS)))
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Commands run in-process (train, bench, distill, demo) set torch's thread count for their run; the next test
+    gets the worker's share back (two workers at two threads each on two cores would wait on each other)."""
+    yield
+    torch.set_num_threads(THREADS)
 
 TINY = dict(
     vocab_size=40,

@@ -229,7 +229,7 @@ def test_two_processes_train_both_models_data_parallel(trained, tmp_path):
     output_dir = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "nat_hf.train", str(TINY_CONFIG),
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "nat_hf.train", str(TINY_CONFIG),
          *adversarial_overrides(corpus, start, output_dir, "optim.max_steps=4", "eval.eval_every=4",
                                 "run.threads=1", "run.log_every=1")],
         capture_output=True, text=True, timeout=600,

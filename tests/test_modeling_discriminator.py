@@ -103,11 +103,14 @@ def corrupt(reference: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 
 
 def test_the_discriminator_learns_to_tell_references_from_shuffled_or_corrupted_targets():
+    """600 updates. Measured over seeds 0-3 at 1 and 2 threads (the result depends on both): held-out accuracy
+    0.91-0.96, shuffled targets caught 0.97-1.0, one repeated token caught 0.69-0.90 (at 500 updates the last fell
+    to 0.33 once); the bounds leave that spread room."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     model = NATDiscriminator(NATDiscriminatorConfig(**TINY_DISCRIMINATOR))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(500):
+    for _ in range(600):
         source, source_mask, reference, target_mask = toy_pairs(64, generator)
         fake = corrupt(reference, generator)
         logits = model(source.repeat(2, 1), source_mask.repeat(2, 1), target_ids=torch.cat([reference, fake]),
@@ -126,4 +129,4 @@ def test_the_discriminator_learns_to_tell_references_from_shuffled_or_corrupted_
     _, accuracy = discriminator_loss(real_logits, fake_logits)
     assert accuracy >= 0.9, f"held-out accuracy {float(accuracy):.3f}"
     shuffled, repeated = (fake_logits[:200] < 0).float().mean(), (fake_logits[200:] < 0).float().mean()
-    assert shuffled >= 0.9 and repeated >= 0.75, (float(shuffled), float(repeated))
+    assert shuffled >= 0.95 and repeated >= 0.65, (float(shuffled), float(repeated))

@@ -116,7 +116,7 @@ def test_two_processes_train_data_parallel(tmp_path, toy_corpus):
     output_dir = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "nat_hf.train", str(TINY_CONFIG),
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "nat_hf.train", str(TINY_CONFIG),
          *tiny_overrides(toy_corpus, output_dir, "optim.max_steps=4", "eval.eval_every=4", "run.threads=1")],
         capture_output=True, text=True, timeout=600,
     )

@@ -146,7 +146,14 @@ def test_quality_benchmark_reports_failure_modes(tmp_path, toy_corpus, tiny_syst
     assert systems["ar"]["splits"]["val"]["paired_bootstrap"] == {
         "nat": paired_bootstrap(scores["hypotheses"], ar_hypotheses, references)}
     assert scores["sentences"] == 40 and len(scores["hypotheses"]) == 40
-    assert 0 <= scores["repeated_token_share"] <= 1 and "length_error_relative_mean" in scores
+    # length errors in tokens of the system's tokenizer (the repeated-token share is checked per objective below)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "nat")
+    lengths = [(len(tokenizer.tokenize(h)), len(tokenizer.tokenize(r)))
+               for h, r in zip(scores["hypotheses"], references, strict=True)]
+    assert scores["length_error_relative_mean"] == round(sum((h - r) / max(r, 1) for h, r in lengths) / 40, 4)
+    assert scores["length_error_absolute_mean"] == round(sum(abs(h - r) for h, r in lengths) / 40, 3)
     assert sum(bucket["sentences"] for bucket in scores["bleu_by_source_length"].values()) == 40
 
     # the model card keeps the other systems of the run as named comparisons

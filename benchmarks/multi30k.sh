@@ -10,6 +10,8 @@
 #   benchmarks/multi30k.sh card       # the NAT model's card (model_cards/) from the speed and quality JSON
 #   benchmarks/multi30k.sh singlepass-train  # issue 12: Mask-Predict, GLAT, CTC+GLAT, DAG+GLAT (upsampling 2, 4, 8), AXE
 #                                             # (resumable: rerun after a kill, each run continues with --resume)
+#   benchmarks/multi30k.sh singlepass-ablation  # issue 12: where distillation helps CTC+GLAT: the same recipe on the raw
+#                                               # references, first 1000 updates (resumable)
 #   benchmarks/multi30k.sh singlepass # issue 12: one speed + one quality run of those (the ones trained so far)
 #                                     # beside the AR teacher; the GLAT, CTC and AXE model cards
 #   benchmarks/multi30k.sh dag-decoding # issue 12: the DAG model's lookahead weight / Viterbi exponent on val and test
@@ -136,6 +138,10 @@ case ${1:-} in
         multi30k_axe multi30k_dag_glat_r2 multi30k_dag_glat_r8}; do
       train_resumable "$name"
     done
+    ;;
+  singlepass-ablation)
+    # compared at the same updates with multi30k_ctc_glat's periodic validation (RESULTS.md, both records)
+    train_resumable multi30k_ctc_glat_raw
     ;;
   speculative-train)
     # the teacher's greedy outputs on train (resumable by shards), then the NAT drafter and the AR draft model

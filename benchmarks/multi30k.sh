@@ -273,34 +273,41 @@ $CT2_INT8_GREEDY"
     # issue 12, the cost of the upsampling ratio: the DAG+GLAT models of ratio 2, 4 and 8 (those trained so far;
     # same recipe, 2000 updates each) with lookahead (weight 2.0, picked on val for ratio 4) on torch eager and
     # ONNX Runtime int8, beside the AR teacher greedy (transformers, CTranslate2 int8), batch 1 and 64, at 1 and
-    # 2 threads (idle machine); then val and test BLEU of each
+    # 2 threads (idle machine); then val and test BLEU of each. With all three ratios the records are dag-ratio-*;
+    # with fewer (a model not trained yet, or lost with its machine) dag-ratio-r<ratios>-*, so that a partial run
+    # never replaces a complete one: each ratio's speed-up is against the AR baselines of its own run.
     systems="$AR_GREEDY \
 $CT2_INT8_GREEDY"
+    ratios=""
     for ratio in 2 4 8; do
       run=runs/multi30k_dag_glat_r$ratio
       [ $ratio = 4 ] && run=runs/multi30k_dag_glat
       [ -f $run/results.json ] || continue
+      ratios="$ratios-$ratio"
       export_int8 $run/best
       options=decoding_strategy=lookahead,lookahead_weight=2.0
       systems="$systems --system dag-r$ratio-eager=$run/best:$options \
 --system dag-r$ratio-ort-int8=${run}/onnx_int8:int8=1,$options"
     done
+    [ -n "$ratios" ] || { echo "dag-ratio: no DAG model trained (benchmarks/multi30k.sh singlepass-train)" >&2; exit 1; }
+    record=dag-ratio output=dag_ratio
+    [ "$ratios" = -2-4-8 ] || { record=dag-ratio-r${ratios#-}; output=dag_ratio_r${ratios#-}; }
     for threads in 1 2; do
       command="nat-hf bench speed $systems --source $TEST.en --sentences 256 --batch-sizes 1,64 --repeats 3 \
---threads $threads --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/dag_ratio_speed_${threads}thread.json"
+--threads $threads --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/${output}_speed_${threads}thread.json"
       $command > /dev/null
-      python benchmarks/results.py record-bench runs/bench/dag_ratio_speed_${threads}thread.json \
-        --name dag-ratio-speed-${threads}thread --command "$command"
+      python benchmarks/results.py record-bench runs/bench/${output}_speed_${threads}thread.json \
+        --name $record-speed-${threads}thread --command "$command"
     done
     command="nat-hf bench quality $systems --data-dir $NAT_HF_DATA_DIR --splits val test_2016_flickr \
---threads $THREADS --baseline ar-greedy --output runs/bench/dag_ratio_quality.json"
+--threads $THREADS --baseline ar-greedy --output runs/bench/${output}_quality.json"
     $command > /dev/null
-    python benchmarks/results.py record-bench runs/bench/dag_ratio_quality.json --name dag-ratio-quality \
+    python benchmarks/results.py record-bench runs/bench/${output}_quality.json --name $record-quality \
       --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy
     for ratio in 2 8; do  # the cards of the ratio-2/8 models, from this run (ratio 4's comes from the runtime stage)
       [ -f runs/multi30k_dag_glat_r$ratio/results.json ] || continue
       teacher_card runs/multi30k_dag_glat_r$ratio/best multi30k-en-de-dag-glat-r$ratio \
-        --speed runs/bench/dag_ratio_speed_2thread.json --quality runs/bench/dag_ratio_quality.json \
+        --speed runs/bench/${output}_speed_2thread.json --quality runs/bench/${output}_quality.json \
         --systems ar-greedy,ct2-int8-greedy,dag-r$ratio-eager,dag-r$ratio-ort-int8
     done
     ;;

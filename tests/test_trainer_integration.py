@@ -60,7 +60,8 @@ def test_seq2seq_trainer_fine_tunes_and_evaluates_with_bleu(tmp_path, saved_toy_
     after = trainer.evaluate()
     assert {"eval_bleu", "eval_chrf", "eval_loss"} <= set(after)
     assert after["eval_loss"] < before["eval_loss"]
-    # the reported BLEU is sacreBLEU of the fine-tuned model's own generate on the val sources
+    # the reported BLEU and chrF are sacreBLEU's of the fine-tuned model's own generate on the val sources (after
+    # 30 toy updates BLEU is still 0; chrF is not, so it is the check that can tell two outputs apart)
     import sacrebleu
 
     sources = (corpus / "val.en").read_text().splitlines()
@@ -70,6 +71,8 @@ def test_seq2seq_trainer_fine_tunes_and_evaluates_with_bleu(tmp_path, saved_toy_
         output = model.generate(**tokenizer(sources, return_tensors="pt", padding=True))
     hypotheses = tokenizer.batch_decode(output, skip_special_tokens=True)
     assert after["eval_bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score, abs=1e-9)
+    assert after["eval_chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score, abs=1e-9)
+    assert after["eval_chrf"] > 0
 
 
 def test_logged_loss_does_not_depend_on_gradient_accumulation(tmp_path, saved_toy_model):
@@ -153,6 +156,7 @@ def test_cli_translate_and_evaluate(tmp_path, saved_toy_model, capsys):
 
     references = (corpus / "val.de").read_text().splitlines()
     assert report["bleu"] == round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2)
+    assert report["chrf"] == round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2)
 
 
 def test_cli_help_does_not_import_the_models():

@@ -58,8 +58,10 @@ train_resumable() {  # CONFIG: train and record it, unless recorded earlier; a k
   # TRAIN_OVERRIDES: section.key=value words for every run (e.g. run.threads=1 run.checkpoint_every=50 to train
   # two configs side by side, one core each), kept in the recorded command
   nat-hf train "training/configs/$1.yaml" ${TRAIN_OVERRIDES:-} $resume
+  # RECORD_NOTE: what the numbers alone do not say (e.g. the run was paused: its training minutes count the pause)
   python benchmarks/results.py record "runs/$1" --name "$1" \
-    --command "NAT_HF_DATA_DIR=$NAT_HF_DATA_DIR NAT_HF_TEACHER=$NAT_HF_TEACHER nat-hf train training/configs/$1.yaml${TRAIN_OVERRIDES:+ $TRAIN_OVERRIDES}"
+    --command "NAT_HF_DATA_DIR=$NAT_HF_DATA_DIR NAT_HF_TEACHER=$NAT_HF_TEACHER nat-hf train training/configs/$1.yaml${TRAIN_OVERRIDES:+ $TRAIN_OVERRIDES}" \
+    ${RECORD_NOTE:+--note "$RECORD_NOTE"}
 }
 
 export_int8() {  # MODEL_DIR -> its fp32 + int8 export beside it

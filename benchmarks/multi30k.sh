@@ -277,7 +277,8 @@ $CT2_INT8_GREEDY"
     # ONNX Runtime int8, beside the AR teacher greedy (transformers, CTranslate2 int8), batch 1 and 64, at 1 and
     # 2 threads (idle machine); then val and test BLEU of each. With all three ratios the records are dag-ratio-*;
     # with fewer (a model not trained yet, or lost with its machine) dag-ratio-r<ratios>-*, so that a partial run
-    # never replaces a complete one: each ratio's speed-up is against the AR baselines of its own run.
+    # never replaces a complete one: each ratio's speed-up is against the AR baselines of its own run. RECORD_NOTE:
+    # a note for the records (e.g. a model trained for fewer than its 2000 updates, optim.max_steps).
     systems="$AR_GREEDY \
 $CT2_INT8_GREEDY"
     ratios=""
@@ -299,13 +300,13 @@ $CT2_INT8_GREEDY"
 --threads $threads --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/${output}_speed_${threads}thread.json"
       $command > /dev/null
       python benchmarks/results.py record-bench runs/bench/${output}_speed_${threads}thread.json \
-        --name $record-speed-${threads}thread --command "$command"
+        --name $record-speed-${threads}thread --command "$command" ${RECORD_NOTE:+--note "$RECORD_NOTE"}
     done
     command="nat-hf bench quality $systems --data-dir $NAT_HF_DATA_DIR --splits val test_2016_flickr \
 --threads $THREADS --baseline ar-greedy --output runs/bench/${output}_quality.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/${output}_quality.json --name $record-quality \
-      --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy
+      --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy ${RECORD_NOTE:+--note "$RECORD_NOTE"}
     for ratio in 2 8; do  # the cards of the ratio-2/8 models, from this run (ratio 4's comes from the runtime stage)
       [ -f runs/multi30k_dag_glat_r$ratio/results.json ] || continue
       teacher_card runs/multi30k_dag_glat_r$ratio/best multi30k-en-de-dag-glat-r$ratio \

@@ -18,6 +18,8 @@
 #   benchmarks/multi30k.sh dag-speed  # issue 12: the DAG model's decodings on torch/ORT, batch 1 and 64, vs AR greedy
 #   benchmarks/multi30k.sh dag-ratio  # issue 12: DAG upsampling ratios 2/4/8 (those trained) on torch and ORT int8
 #                                     # vs AR greedy and CTranslate2 int8, 1 and 2 threads; val and test BLEU
+#   benchmarks/multi30k.sh dag-ratio-arch  # issue 12: the ratio's speed cost alone: the ratio-8 model's weights run
+#                                          # at ratios 2, 4, 8 in one run beside AR greedy (speed only)
 #   benchmarks/multi30k.sh speculative-train  # issue 13: greedy distillation, the CMLM drafter, the AR draft model
 #   benchmarks/multi30k.sh adversarial-train  # issue 15: the trained CMLM drafter, 600 more updates without / with GAN
 #   benchmarks/multi30k.sh adversarial # issue 15: quality (BLEU, chrF, repeats, length error) of both arms
@@ -314,6 +316,35 @@ $CT2_INT8_GREEDY"
         --systems ar-greedy,ct2-int8-greedy,dag-r$ratio-eager,dag-r$ratio-ort-int8
     done
     ;;
+  dag-ratio-arch)
+    # issue 12, the speed cost of the upsampling ratio alone, on one machine in one run: the trained ratio-8 model
+    # run at 2, 4 and 8 vertices per source token (the same weights: the ratio sets only how many decoder positions
+    # there are; no parameter depends on it), lookahead weight 2.0, beside the AR teacher greedy, 2 threads (idle
+    # machine). Speed only: at a ratio it was not trained for, the model's output is no translation-quality figure.
+    r8=runs/multi30k_dag_glat_r8/best options=decoding_strategy=lookahead,lookahead_weight=2.0
+    [ -f $r8/config.json ] || { echo "dag-ratio-arch: train multi30k_dag_glat_r8 first (singlepass-train)" >&2; exit 1; }
+    systems="$AR_GREEDY \
+$CT2_INT8_GREEDY"
+    for ratio in 2 4; do
+      python - $r8 runs/bench/dag_r8_weights_r$ratio $ratio <<'PY'
+import json, shutil, sys
+source, target, ratio = sys.argv[1], sys.argv[2], float(sys.argv[3])
+shutil.copytree(source, target, dirs_exist_ok=True)
+with open(f"{target}/config.json") as file:
+    config = json.load(file)
+config["method_options"]["upsample_ratio"] = ratio
+with open(f"{target}/config.json", "w") as file:
+    json.dump(config, file, indent=2)
+PY
+      systems="$systems --system dag-r8-weights-r$ratio=runs/bench/dag_r8_weights_r$ratio:$options"
+    done
+    systems="$systems --system dag-r8=$r8:$options"
+    command="nat-hf bench speed $systems --source $TEST.en --sentences 256 --batch-sizes 1,64 --repeats 3 \
+--threads $THREADS --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/dag_ratio_arch_speed.json"
+    $command > /dev/null
+    python benchmarks/results.py record-bench runs/bench/dag_ratio_arch_speed.json --name dag-ratio-arch-speed \
+      --command "$command" ${RECORD_NOTE:+--note "$RECORD_NOTE"}
+    ;;
   dag-speed)
     # issue 12: batch-1 latency and batch-64 throughput of the DAG+GLAT model's val-picked decodings (dag-decoding:
     # Viterbi with length exponent 1.25, the best on val; lookahead weight 2.0, the best lookahead on val) on torch
@@ -430,7 +461,7 @@ dag-greedy-eager,dag-greedy-ort-int8,dag-viterbi-eager,dag-viterbi-ort-int8
     ;;
   *)
     echo "usage: $0 ablation|baselines|speed|quality|card|singlepass-train|singlepass|speculative-train|speculative|\
-adversarial-train|adversarial|runtime|dag-decoding|dag-speed|dag-ratio" >&2
+adversarial-train|adversarial|runtime|dag-decoding|dag-speed|dag-ratio|dag-ratio-arch" >&2
     exit 2
     ;;
 esac

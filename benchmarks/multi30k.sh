@@ -302,13 +302,13 @@ $CT2_INT8_GREEDY"
 --threads $threads --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/${output}_speed_${threads}thread.json"
       $command > /dev/null
       python benchmarks/results.py record-bench runs/bench/${output}_speed_${threads}thread.json \
-        --name $record-speed-${threads}thread --command "$command" ${RECORD_NOTE:+--note "$RECORD_NOTE"}
+        --name $record-speed-${threads}thread --command "$command" --side-study ${RECORD_NOTE:+--note "$RECORD_NOTE"}
     done
     command="nat-hf bench quality $systems --data-dir $NAT_HF_DATA_DIR --splits val test_2016_flickr \
 --threads $THREADS --baseline ar-greedy --output runs/bench/${output}_quality.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/${output}_quality.json --name $record-quality \
-      --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy ${RECORD_NOTE:+--note "$RECORD_NOTE"}
+      --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy --side-study ${RECORD_NOTE:+--note "$RECORD_NOTE"}
     for ratio in 2 8; do  # the cards of the ratio-2/8 models, from this run (ratio 4's comes from the runtime stage)
       [ -f runs/multi30k_dag_glat_r$ratio/results.json ] || continue
       teacher_card runs/multi30k_dag_glat_r$ratio/best multi30k-en-de-dag-glat-r$ratio \
@@ -343,7 +343,7 @@ PY
 --threads $THREADS --baseline ar-greedy --baseline ct2-int8-greedy --output runs/bench/dag_ratio_arch_speed.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/dag_ratio_arch_speed.json --name dag-ratio-arch-speed \
-      --command "$command" ${RECORD_NOTE:+--note "$RECORD_NOTE"}
+      --command "$command" --side-study ${RECORD_NOTE:+--note "$RECORD_NOTE"}
     ;;
   dag-speed)
     # issue 12: batch-1 latency and batch-64 throughput of the DAG+GLAT model's val-picked decodings (dag-decoding:

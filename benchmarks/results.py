@@ -187,10 +187,11 @@ def render_training(entry: dict) -> list[str]:
 
 
 def record_bench(path: Path, name: str, command: str, gap_to: list[str] | None = None, note: str | None = None,
-                 interim: bool = False) -> Path:
+                 interim: bool = False, side_study: bool = False) -> Path:
     """Store a bench JSON as a record; `gap_to` names quality systems (e.g. the AR teacher) that every other
     system's BLEU is compared with, in extra columns of the quality table. `note` says what the numbers alone do
-    not; an `interim` record (e.g. a checkpoint of a run still training) is rendered but never becomes the README
+    not; an `interim` record (e.g. a checkpoint of a run still training) and a `side_study` one (one question, e.g.
+    the cost of one option, beside fewer systems than the main comparison) are rendered but never become the README
     headline or the frontier plot."""
     data = json.loads(path.read_text())
     kind = "toy" if "task" in data else \
@@ -202,7 +203,7 @@ def record_bench(path: Path, name: str, command: str, gap_to: list[str] | None =
         raise ValueError(f"--gap-to names systems not in {path}: {unknown}; it has {sorted(data['systems'])}")
     entry = {"name": name, "kind": kind, "command": command, "commit": data["machine"]["commit"],
              "date": data["machine"]["date"], "machine": data["machine"], "data": data, "gap_to": gap_to or [],
-             "note": note, "interim": interim}
+             "note": note, "interim": interim, "side_study": side_study}
     if kind == "quality":  # keep the scores, not the hypotheses
         for system in data["systems"].values():
             for scores in system["splits"].values():
@@ -268,9 +269,10 @@ def plot_speed(data: dict, name: str) -> None:
 
 
 def note_lines(entry: dict) -> list[str]:
-    """A bench record's note and interim flag, as list items."""
+    """A bench record's note and interim / side-study flags, as list items."""
     lines = ["- interim: measured on a checkpoint of a run still in progress; not the headline"] \
         if entry.get("interim") else []
+    lines += ["- side study: one question beside fewer systems; not the headline"] if entry.get("side_study") else []
     return lines + ([f"- note: {entry['note']}"] if entry.get("note") else [])
 
 
@@ -486,9 +488,10 @@ def render() -> None:
             for entry in chosen:
                 lines += renderer(entry)
     # the headline: the newest final speed record, with the final quality record that shares most of its systems
-    speeds = sorted((entry for entry in entries if entry["kind"] == "speed" and not entry.get("interim")),
-                    key=lambda entry: entry["date"])
-    qualities = [entry for entry in entries if entry["kind"] == "quality" and not entry.get("interim")]
+    # (interim records and side studies never)
+    headline = [entry for entry in entries if not entry.get("interim") and not entry.get("side_study")]
+    speeds = sorted((entry for entry in headline if entry["kind"] == "speed"), key=lambda entry: entry["date"])
+    qualities = [entry for entry in headline if entry["kind"] == "quality"]
     if speeds and qualities:
         speed = speeds[-1]
         quality = max(qualities, key=lambda entry: len(set(entry["data"]["systems"]) & set(speed["data"]["systems"])))
@@ -517,12 +520,16 @@ def main() -> None:
     bench_parser.add_argument("--note", help="what the numbers alone do not say")
     bench_parser.add_argument("--interim", action="store_true",
                               help="a checkpoint of a run in progress: rendered, never the README headline")
+    bench_parser.add_argument("--side-study", action="store_true",
+                              help="one question (e.g. one option's cost) beside fewer systems than the main "
+                                   "comparison: rendered, never the README headline")
     commands.add_parser("render")
     args = parser.parse_args()
     if args.command == "record":
         print(record(args.run_dir, args.name, args.run_command, args.commit, args.note))
     elif args.command == "record-bench":
-        print(record_bench(args.bench_json, args.name, args.run_command, args.gap_to, args.note, args.interim))
+        print(record_bench(args.bench_json, args.name, args.run_command, args.gap_to, args.note, args.interim,
+                           args.side_study))
     render()
 
 

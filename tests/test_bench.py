@@ -341,10 +341,10 @@ def test_the_repeated_token_share_is_reported_for_every_system(objective_systems
             repeated_token_share([tokenizer.tokenize(text) for text in references]), 4)
 
 
-def test_an_interim_record_is_rendered_but_never_the_headline(tmp_path):
-    """`record-bench --interim` (a checkpoint of a run in progress): its table and note appear in RESULTS.md, but
-    the README headline and the frontier keep the newest final records. Bench JSONs: the repository's own speed
-    and quality records' data."""
+def test_interim_and_side_study_records_are_rendered_but_never_the_headline(tmp_path):
+    """`record-bench --interim` (a checkpoint of a run in progress) and `--side-study` (one question beside fewer
+    systems): their tables and notes appear in RESULTS.md, but the README headline and the frontier keep the
+    newest other records. Bench JSONs: the repository's own speed and quality records' data."""
     results = load_results_script(tmp_path)
     records = Path(__file__).resolve().parents[1] / "benchmarks" / "records"
     speed = json.loads((records / "speed.json").read_text())["data"]
@@ -353,6 +353,8 @@ def test_an_interim_record_is_rendered_but_never_the_headline(tmp_path):
     final.write_text(json.dumps(speed))
     later = {**speed, "machine": {**speed["machine"], "date": "2099-01-01"}}
     interim.write_text(json.dumps(later))
+    side = tmp_path / "side.json"
+    side.write_text(json.dumps({**speed, "machine": {**speed["machine"], "date": "2099-02-01"}}))
     quality_json.write_text(json.dumps(quality))
     headline = []
     results.write_readme_block = lambda lines: True
@@ -360,11 +362,15 @@ def test_an_interim_record_is_rendered_but_never_the_headline(tmp_path):
     results.record_bench(final, "a-final", "cmd")
     results.record_bench(quality_json, "q", "cmd")
     results.record_bench(interim, "z-interim", "cmd", note="step 1500 of 2000", interim=True)
+    results.record_bench(side, "z-side", "cmd", note="one ratio", side_study=True)
     results.render()
     text = results.RESULTS_MD.read_text()
     assert "### z-interim" in text and "- note: step 1500 of 2000" in text
     assert "- interim: measured on a checkpoint of a run still in progress" in text
-    assert headline == ["a-final"]  # the newer interim record (by date and by name) is not the headline
+    assert "### z-side" in text and "- note: one ratio" in text
+    assert "- side study: one question beside fewer systems; not the headline" in text
+    # the newer interim and side-study records (by date and by name) are not the headline
+    assert headline == ["a-final"]
 
 
 def test_speculative_and_assisted_systems_report_counts_and_match_greedy(tmp_path, toy_corpus, tiny_systems):

@@ -271,7 +271,7 @@ $CT2_INT8_GREEDY"
 --threads $THREADS --output runs/bench/dag_decoding.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/dag_decoding.json --name dag-decoding \
-      --command "$command" --gap-to ar-greedy
+      --command "$command" --gap-to ar-greedy --side-study
     ;;
   dag-ratio)
     # issue 12, the cost of the upsampling ratio: the DAG+GLAT models of ratio 2, 4 and 8 (those trained so far;
@@ -368,13 +368,13 @@ $CT2_INT8_GREEDY"
 --output runs/bench/dag_runtime_speed.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/dag_runtime_speed.json --name dag-runtime-speed \
-      --command "$command"
+      --command "$command" --side-study
     command="nat-hf bench quality $(echo "$systems" | sed -E 's/--system [a-z0-9.-]+-compile=[^ ]+//g') $runtimes \
 --data-dir $NAT_HF_DATA_DIR --splits test_2016_flickr --threads $THREADS --baseline dag-lookahead-w2.0-eager \
 --baseline dag-viterbi-e1.25-eager --output runs/bench/dag_runtime_quality.json"
     $command > /dev/null
     python benchmarks/results.py record-bench runs/bench/dag_runtime_quality.json --name dag-runtime-quality \
-      --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy
+      --command "$command" --gap-to ar-greedy --gap-to ct2-int8-greedy --side-study
     ;;
   adversarial-train)
     # issue 15: from the same trained one-pass CMLM model (speculative-train makes it), 600 more updates without and

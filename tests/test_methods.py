@@ -54,12 +54,14 @@ def test_generate_and_loss_match_the_outputs_pinned_before_the_restructure(case,
                                 **pinned["options"])
         assert output.sequences.tolist() == pinned["sequences"], pinned["options"]
         assert output.lengths.tolist() == pinned["lengths"]
-        assert torch.equal(output.sequences_scores, torch.tensor(pinned["scores"]))
+        # floats to 1e-5, not bitwise: the pinned ones came from one CPU (AMD EPYC), and another CPU's kernels
+        # (e.g. an Intel Xeon's) round differently in the last bits; the tokens above are exact
+        torch.testing.assert_close(output.sequences_scores, torch.tensor(pinned["scores"]), rtol=1e-5, atol=1e-5)
     model.train()
     torch.manual_seed(1)
     output = model(input_ids=SOURCES, attention_mask=(SOURCES != 0).long(), labels=LABELS)
     values = [output.loss.item(), output.token_loss.item(), output.length_loss.item(), output.logits.sum().item()]
-    assert values == PINNED[f"{case}/loss"]
+    assert values == pytest.approx(PINNED[f"{case}/loss"], rel=1e-5, abs=1e-5)
 
 
 def test_parameter_names_are_those_of_saved_models():

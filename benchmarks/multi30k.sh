@@ -72,11 +72,13 @@ export_int8() {  # MODEL_DIR -> its fp32 + int8 export beside it
 
 teacher_card() {  # MODEL_DIR NAME [nat-hf card options]: the card of a model distilled from and initialised by the
   # shared teacher. The distilled data (../shared/data/multi30k/distill, see its README) has no distill_report.json:
-  # say whose beam-4 outputs it holds; the teacher is not on the Hub: name it, and its data (no train_config.yaml)
+  # say whose beam-4 outputs it holds; the teacher is not on the Hub: name it, and its data (no train_config.yaml).
+  # CARD_NOTE: what the card's results alone do not say (e.g. the run is the first part of its recipe)
   local model=$1 name=$2
   shift 2
   nat-hf card "$model" --repo-id "nat-hf/$name" --copy-to "model_cards/$name.md" --distilled-by "$NAT_HF_TEACHER" \
-    --distill-beams 4 --teacher-name ar-teacher-multi30k-en-de --teacher-data bentrevett/multi30k "$@"
+    --distill-beams 4 --teacher-name ar-teacher-multi30k-en-de --teacher-data bentrevett/multi30k "$@" \
+    ${CARD_NOTE:+--note "$CARD_NOTE"}
 }
 
 nat_systems() {  # one-pass and Mask-Predict 2/4/10 iterations x length beam 1/3/5

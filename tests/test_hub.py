@@ -78,9 +78,13 @@ def test_card_names_dataset_and_teacher_and_no_local_path(local_run, tmp_path):
     root, best, config, teacher_parameters = local_run
     card = write_card(best.relative_to(root / "work"), repo_id="org/nat", distilled_by="../shared/models/teacher",
                       distill_beams=4, teacher_name="ar-teacher-multi30k-en-de",
-                      teacher_data="bentrevett/multi30k", copy_to=tmp_path / "card.md")
+                      teacher_data="bentrevett/multi30k", copy_to=tmp_path / "card.md",
+                      note="the first 1000 of a 2000-update recipe")
     text = card.content
     assert (tmp_path / "card.md").read_text() == (best / "README.md").read_text() == text
+    # the note ends the Training section
+    training = text.split("## Training\n", 1)[1].split("\n## ", 1)[0]
+    assert training.rstrip().endswith("Note: the first 1000 of a 2000-update recipe")
     # no machine-local path: no "../", no absolute path, nothing of this machine's directories
     assert "../" not in text and str(root) not in text and "shared/" not in text
     assert ABSOLUTE_PATH.search(text) is None, ABSOLUTE_PATH.search(text)

@@ -591,14 +591,15 @@ def write_card(model_dir: Path, repo_id: str | None = None, results_path: Path |
                speed_path: Path | None = None, quality_path: Path | None = None, license: str = "apache-2.0",
                copy_to: Path | None = None, data_name: str | None = None, distilled_by: str | None = None,
                distill_beams: int | None = None, teacher_name: str | None = None, teacher_data: str | None = None,
-               systems: list[str] | None = None):
+               systems: list[str] | None = None, note: str | None = None):
     """Write `model_dir/README.md` (and the same card to `copy_to`, e.g. under `model_cards/`); return the
     `ModelCard`. `data_name` names the training data publicly when `DATASETS` does not recognise it;
     `distilled_by`/`distill_beams` say the targets are a teacher's beam-search outputs when the data directory has
     no `distill_report.json`; `teacher_name`/`teacher_data` name the teacher and its data when its directory does
     not say; `systems` keeps only those labels of the speed and quality JSONs (and the speed JSON's baselines, which
-    its speed-ups refer to). Raises ValueError if a local path would reach the card, or for a label in neither
-    JSON."""
+    its speed-ups refer to); `note` ends the Training section with what the results alone do not say (e.g. that
+    the run is a part of a longer recipe). Raises ValueError if a local path would reach the card, or for a label
+    in neither JSON."""
     from huggingface_hub import ModelCard, ModelCardData
 
     check_public_name(data_name, "--data-name")
@@ -652,7 +653,8 @@ def write_card(model_dir: Path, repo_id: str | None = None, results_path: Path |
         d_model=config["d_model"], encoder_layers=config["encoder_layers"], decoder_layers=config["decoder_layers"],
         heads=config["encoder_attention_heads"], ffn_dim=config["encoder_ffn_dim"], vocab_size=config["vocab_size"],
         data=data_section(data, info, distillation) if train_config else "Not recorded.",
-        training=training_section(train_config, results, distillation, teacher_text, ar_init_text, config),
+        training=training_section(train_config, results, distillation, teacher_text, ar_init_text, config)
+        + (f"\n\nNote: {note}" if note else ""),
         reproduce=reproduce_section(train_config, info, distillation, found),
         quality_table="\n".join(rows), speed_table="\n".join(speed_rows(speed)), sources=sources,
     )
@@ -721,13 +723,15 @@ def main_card(argv: list[str] | None = None) -> None:
                                                "has no train_config.yaml saying it")
     parser.add_argument("--systems", help="comma-separated labels of the speed/quality JSONs to show (default: "
                                           "all); the speed JSON's baselines are always kept")
+    parser.add_argument("--note", help="what the results alone do not say (e.g. the run is part of a longer "
+                                       "recipe), at the end of the Training section")
     args = parser.parse_args(argv)
     if not (args.model_dir / "config.json").is_file():
         parser.error(f"{args.model_dir} is not a saved model directory (no config.json)")
     try:
         write_card(args.model_dir, args.repo_id, args.results, args.speed, args.quality, args.license, args.copy_to,
                    args.data_name, args.distilled_by, args.distill_beams, args.teacher_name, args.teacher_data,
-                   args.systems.split(",") if args.systems else None)
+                   args.systems.split(",") if args.systems else None, args.note)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     print(args.model_dir / "README.md")

@@ -277,12 +277,13 @@ $CT2_INT8_GREEDY"
     ;;
   dag-ratio)
     # issue 12, the cost of the upsampling ratio: the DAG+GLAT models of ratio 2, 4 and 8 (those trained so far;
-    # same recipe, 2000 updates each) with lookahead (weight 2.0, picked on val for ratio 4) on torch eager and
+    # same recipe, 2000 updates each unless a run was cut short with optim.max_steps) with lookahead (weight 2.0, picked on val for ratio 4) on torch eager and
     # ONNX Runtime int8, beside the AR teacher greedy (transformers, CTranslate2 int8), batch 1 and 64, at 1 and
     # 2 threads (idle machine); then val and test BLEU of each. With all three ratios the records are dag-ratio-*;
     # with fewer (a model not trained yet, or lost with its machine) dag-ratio-r<ratios>-*, so that a partial run
     # never replaces a complete one: each ratio's speed-up is against the AR baselines of its own run. RECORD_NOTE:
-    # a note for the records (e.g. a model trained for fewer than its 2000 updates, optim.max_steps).
+    # a note for the records (e.g. a model trained for fewer than its 2000 updates); CARD_NOTE goes on every card
+    # the stage writes (ratios 2 and 8), so run it with one only for a run that has a single such model.
     systems="$AR_GREEDY \
 $CT2_INT8_GREEDY"
     ratios=""
